@@ -1,0 +1,34 @@
+"""ScaleDown: Hugging Face-native OSCAR (online soft compression and reranking) for fast RAG."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_scaledown import ScaleDownConfig
+from .modeling_scaledown import (
+    CompressedDocuments,
+    ScaleDownCausalLMOutput,
+    ScaleDownCompressorOutput,
+    ScaleDownForCausalLM,
+    ScaleDownPreTrainedModel,
+    build_compressor_inputs,
+    build_generator_inputs,
+    build_generator_prompt,
+)
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ScaleDownConfig.model_type, ScaleDownConfig, exist_ok=True)
+AutoModel.register(ScaleDownConfig, ScaleDownForCausalLM, exist_ok=True)
+AutoModelForCausalLM.register(ScaleDownConfig, ScaleDownForCausalLM, exist_ok=True)
+
+__all__ = [
+    "CompressedDocuments",
+    "ScaleDownCausalLMOutput",
+    "ScaleDownCompressorOutput",
+    "ScaleDownConfig",
+    "ScaleDownForCausalLM",
+    "ScaleDownPreTrainedModel",
+    "build_compressor_inputs",
+    "build_generator_inputs",
+    "build_generator_prompt",
+]

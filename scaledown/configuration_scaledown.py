@@ -1,0 +1,315 @@
+# Copyright 2026 The ScaleDown Authors. Licensed under the Apache License, Version 2.0.
+"""ScaleDown configuration: OSCAR (Louis et al., 2025, arXiv:2504.07109) online soft compression and reranking."""
+
+import copy
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+COMPRESSOR_TYPES = ("n_layers", "encoder", "llm")
+DEFAULT_GENERATOR = "mistralai/Mistral-7B-Instruct-v0.2"
+DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
+DEFAULT_LLM_COMPRESSOR = "meta-llama/Llama-3.2-1B-Instruct"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question briefly, using the background documents when they help."
+)
+
+
+def _config_to_dict(value: Any, name: str) -> dict | None:
+    if value is None:
+        return None
+    if isinstance(value, PretrainedConfig):
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a PretrainedConfig, a dict or None, got {type(value).__name__}.")
+    if "model_type" not in value:
+        raise ValueError(f"`{name}` must name its `model_type` so that it can be rebuilt with AutoConfig.")
+    value = copy.deepcopy(value)
+    value.pop("transformers_version", None)
+    return value
+
+
+def _dict_to_config(value: dict | None) -> PretrainedConfig | None:
+    if value is None:
+        return None
+    value = copy.deepcopy(value)
+    return AutoConfig.for_model(value.pop("model_type"), **value)
+
+
+class ScaleDownConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`ScaleDownForCausalLM`]: a compressor that turns each retrieved document (read together with
+    the query) into `num_memory_tokens` embeddings, a LoRA-tuned generator that answers from them, and an optional
+    reranking head. Defaults follow the OSCAR paper.
+
+    A saved configuration is self-contained: the generator's (and, for `"encoder"`/`"llm"` compressors, the
+    compressor's) own configuration is stored inside, so that [`ScaleDownForCausalLM.from_pretrained`] needs no access
+    to the original checkpoints.
+
+    Args:
+        generator_name_or_path (`str`, *optional*, defaults to `"mistralai/Mistral-7B-Instruct-v0.2"`):
+            Hub id or folder of the generator the model was built from (provenance; used by model cards).
+        generator_config (`PretrainedConfig` or `dict`, *optional*):
+            Configuration of the generator causal LM, vocabulary already extended with the memory token.
+        compressor_type (`str`, *optional*, defaults to `"n_layers"`):
+            `"n_layers"`: a separate, fully trained copy of the generator's embeddings and first
+            `num_compressor_layers` layers; `"encoder"`: any `AutoModel` encoder (ModernBERT, BERT, ...) followed by a
+            2-layer MLP; `"llm"`: a small decoder LLM followed by a 2-layer MLP.
+        num_compressor_layers (`int`, *optional*, defaults to 8):
+            Number of generator layers copied into an `"n_layers"` compressor.
+        compressor_name_or_path (`str`, *optional*):
+            Hub id or folder of an `"encoder"`/`"llm"` compressor. Defaults to `"answerdotai/ModernBERT-base"` for
+            encoders and `"meta-llama/Llama-3.2-1B-Instruct"` for LLM compressors; ignored for `"n_layers"`.
+        compressor_config (`PretrainedConfig` or `dict`, *optional*):
+            Configuration of an `"encoder"`/`"llm"` compressor (vocabulary already extended with the special tokens).
+        compressor_keep_final_norm (`bool`, *optional*, defaults to `False`):
+            Whether an `"n_layers"` compressor keeps the generator's final norm (OSCAR drops it).
+        projection_hidden_dim (`int`, *optional*):
+            Hidden width of the 2-layer ReLU MLP mapping compressor width to generator width (`"encoder"`/`"llm"`).
+            Defaults to the generator's hidden size.
+        doc_max_length (`int`, *optional*, defaults to 128):
+            Document tokens read by the compressor; longer documents are truncated.
+        compression_rate (`int`, *optional*, defaults to 16):
+            `doc_max_length / num_memory_tokens`.
+        num_memory_tokens (`int`, *optional*, defaults to 8):
+            Embeddings produced per document. Give any two of `doc_max_length`, `compression_rate`,
+            `num_memory_tokens` and the third is derived; an inconsistent triple is rejected.
+        query_max_length (`int`, *optional*, defaults to 64):
+            Query tokens read by the compressor; longer queries are truncated there (the generator reads them whole).
+        use_lora (`bool`, *optional*, defaults to `True`):
+            Train the generator through LoRA adapters. With `False` the generator stays frozen.
+        lora_r (`int`, *optional*, defaults to 16), lora_alpha (`int`, *optional*, defaults to 32),
+        lora_dropout (`float`, *optional*, defaults to 0.1), lora_target_modules (`str` or `list[str]`, *optional*,
+        defaults to `"all-linear"`):
+            LoRA settings of the generator.
+        enable_reranking (`bool`, *optional*, defaults to `False`):
+            Add a `<RR>` token to every compressor input and a dense head on its hidden state that scores relevance.
+        reranking_loss_weight (`float`, *optional*, defaults to 0.05):
+            Weight λ of the reranking MSE in the distillation loss.
+        learning_rate_generator (`float`, *optional*, defaults to 1e-4),
+        learning_rate_compressor_nlayers (`float`, *optional*, defaults to 5e-5),
+        learning_rate_compressor_encoder (`float`, *optional*, defaults to 1e-4):
+            Per-module learning rates read by the ScaleDown trainers (the last one serves `"encoder"` and `"llm"`).
+        memory_token (`str`, *optional*, defaults to `"<MEM>"`):
+            Placeholder of the generator prompt whose embeddings are overwritten by compressed vectors.
+        compressor_memory_token_template (`str`, *optional*, defaults to `"<MEM_{}>"`):
+            Template of the `num_memory_tokens` distinct memory tokens appended to each compressor input.
+        rerank_token (`str`, *optional*, defaults to `"<RR>"`), document_separator_token (`str`, *optional*,
+        defaults to `"<DOC>"`):
+            Compressor-side special tokens: relevance slot, and separator between query and document.
+        memory_token_id, compressor_memory_token_ids, rerank_token_id, document_separator_token_id:
+            Ids of those tokens in their tokenizers; filled in by [`ScaleDownForCausalLM.from_generator`].
+        system_prompt (`str`, *optional*):
+            System message of the generator's chat prompt.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the projection and reranking head.
+    """
+
+    model_type = "scaledown"
+
+    def __init__(
+        self,
+        generator_name_or_path: str = DEFAULT_GENERATOR,
+        generator_config: PretrainedConfig | dict | None = None,
+        compressor_type: str = "n_layers",
+        num_compressor_layers: int = 8,
+        compressor_name_or_path: str | None = None,
+        compressor_config: PretrainedConfig | dict | None = None,
+        compressor_keep_final_norm: bool = False,
+        projection_hidden_dim: int | None = None,
+        doc_max_length: int | None = None,
+        compression_rate: int | None = None,
+        num_memory_tokens: int | None = None,
+        query_max_length: int = 64,
+        use_lora: bool = True,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.1,
+        lora_target_modules: str | list[str] = "all-linear",
+        enable_reranking: bool = False,
+        reranking_loss_weight: float = 0.05,
+        learning_rate_generator: float = 1e-4,
+        learning_rate_compressor_nlayers: float = 5e-5,
+        learning_rate_compressor_encoder: float = 1e-4,
+        memory_token: str = "<MEM>",
+        compressor_memory_token_template: str = "<MEM_{}>",
+        rerank_token: str = "<RR>",
+        document_separator_token: str = "<DOC>",
+        memory_token_id: int | None = None,
+        compressor_memory_token_ids: list[int] | None = None,
+        rerank_token_id: int | None = None,
+        document_separator_token_id: int | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if compressor_type not in COMPRESSOR_TYPES:
+            raise ValueError(f"`compressor_type` must be one of {COMPRESSOR_TYPES}, got {compressor_type!r}.")
+        doc_max_length, compression_rate, num_memory_tokens = self._resolve_compression(
+            doc_max_length, compression_rate, num_memory_tokens
+        )
+        for name, value in (
+            ("num_compressor_layers", num_compressor_layers),
+            ("query_max_length", query_max_length),
+            ("lora_r", lora_r),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if projection_hidden_dim is not None and (
+            not isinstance(projection_hidden_dim, int) or projection_hidden_dim < 1
+        ):
+            raise ValueError(
+                f"`projection_hidden_dim` must be a positive integer or None, got {projection_hidden_dim!r}."
+            )
+        if not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` must be in [0, 1), got {lora_dropout!r}.")
+        for name, value in (
+            ("lora_alpha", lora_alpha),
+            ("learning_rate_generator", learning_rate_generator),
+            ("learning_rate_compressor_nlayers", learning_rate_compressor_nlayers),
+            ("learning_rate_compressor_encoder", learning_rate_compressor_encoder),
+            ("initializer_range", initializer_range),
+        ):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        if not isinstance(reranking_loss_weight, (int, float)) or reranking_loss_weight < 0:
+            raise ValueError(f"`reranking_loss_weight` must be a non-negative number, got {reranking_loss_weight!r}.")
+        if not isinstance(lora_target_modules, (str, list, tuple)):
+            raise ValueError(
+                f"`lora_target_modules` must be 'all-linear', a module name or a list of names, got "
+                f"{lora_target_modules!r}."
+            )
+        if "{}" not in compressor_memory_token_template:
+            raise ValueError(
+                "`compressor_memory_token_template` must contain '{}' (the memory slot number), got "
+                f"{compressor_memory_token_template!r}."
+            )
+        if compressor_memory_token_ids is not None and len(compressor_memory_token_ids) != num_memory_tokens:
+            raise ValueError(
+                f"`compressor_memory_token_ids` must hold `num_memory_tokens`={num_memory_tokens} ids, got "
+                f"{len(compressor_memory_token_ids)}."
+            )
+        if compressor_type != "n_layers" and compressor_name_or_path is None:
+            compressor_name_or_path = DEFAULT_ENCODER if compressor_type == "encoder" else DEFAULT_LLM_COMPRESSOR
+
+        self.generator_name_or_path = generator_name_or_path
+        self.generator_config = _config_to_dict(generator_config, "generator_config")
+        self.compressor_type = compressor_type
+        self.num_compressor_layers = num_compressor_layers
+        self.compressor_name_or_path = compressor_name_or_path
+        self.compressor_config = _config_to_dict(compressor_config, "compressor_config")
+        self.compressor_keep_final_norm = compressor_keep_final_norm
+        self.projection_hidden_dim = projection_hidden_dim
+        self.doc_max_length = doc_max_length
+        self.compression_rate = compression_rate
+        self.num_memory_tokens = num_memory_tokens
+        self.query_max_length = query_max_length
+        self.use_lora = use_lora
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = (
+            list(lora_target_modules) if isinstance(lora_target_modules, tuple) else (lora_target_modules)
+        )
+        self.enable_reranking = enable_reranking
+        self.reranking_loss_weight = reranking_loss_weight
+        self.learning_rate_generator = learning_rate_generator
+        self.learning_rate_compressor_nlayers = learning_rate_compressor_nlayers
+        self.learning_rate_compressor_encoder = learning_rate_compressor_encoder
+        self.memory_token = memory_token
+        self.compressor_memory_token_template = compressor_memory_token_template
+        self.rerank_token = rerank_token
+        self.document_separator_token = document_separator_token
+        self.memory_token_id = memory_token_id
+        self.compressor_memory_token_ids = list(compressor_memory_token_ids) if compressor_memory_token_ids else None
+        self.rerank_token_id = rerank_token_id
+        self.document_separator_token_id = document_separator_token_id
+        self.system_prompt = system_prompt
+        self.initializer_range = initializer_range
+        # The generator ties its own embeddings (see its config); the wrapper itself never ties anything.
+        kwargs["tie_word_embeddings"] = False
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _resolve_compression(doc_max_length, compression_rate, num_memory_tokens) -> tuple[int, int, int]:
+        for name, value in (
+            ("doc_max_length", doc_max_length),
+            ("compression_rate", compression_rate),
+            ("num_memory_tokens", num_memory_tokens),
+        ):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        # Fill up to two missing values from the paper's defaults (128 tokens -> 8 embeddings, rate 16).
+        if doc_max_length is None and compression_rate is None and num_memory_tokens is None:
+            doc_max_length = 128
+        if (doc_max_length is None) + (compression_rate is None) + (num_memory_tokens is None) == 2:
+            if compression_rate is None:
+                compression_rate = 16
+            else:
+                doc_max_length = 128
+        if doc_max_length is None:
+            doc_max_length = compression_rate * num_memory_tokens
+        elif num_memory_tokens is None:
+            if doc_max_length % compression_rate:
+                raise ValueError(
+                    f"`doc_max_length`={doc_max_length} is not a multiple of `compression_rate`={compression_rate}."
+                )
+            num_memory_tokens = doc_max_length // compression_rate
+        elif compression_rate is None:
+            if doc_max_length % num_memory_tokens:
+                raise ValueError(
+                    f"`doc_max_length`={doc_max_length} is not a multiple of `num_memory_tokens`={num_memory_tokens}."
+                )
+            compression_rate = doc_max_length // num_memory_tokens
+        if doc_max_length != compression_rate * num_memory_tokens:
+            raise ValueError(
+                "Inconsistent compression settings: `doc_max_length` must equal `compression_rate` x "
+                f"`num_memory_tokens`, got {doc_max_length} != {compression_rate} x {num_memory_tokens}."
+            )
+        return doc_max_length, compression_rate, num_memory_tokens
+
+    def get_generator_config(self) -> PretrainedConfig:
+        """The generator's configuration as a `PretrainedConfig` (built with `AutoConfig.for_model`)."""
+        if self.generator_config is None:
+            raise ValueError(
+                "This ScaleDownConfig holds no `generator_config`: build the model with "
+                "`ScaleDownForCausalLM.from_generator(...)` or "
+                "pass `generator_config=AutoConfig.from_pretrained(...)`."
+            )
+        return _dict_to_config(self.generator_config)
+
+    def get_compressor_config(self) -> PretrainedConfig:
+        """The compressor backbone's configuration: the stored one for `"encoder"`/`"llm"`, for `"n_layers"` the
+        generator's configuration cut to `num_compressor_layers` layers."""
+        if self.compressor_type != "n_layers":
+            if self.compressor_config is None:
+                raise ValueError(
+                    f"A {self.compressor_type!r} compressor needs `compressor_config`: build the model with "
+                    "`ScaleDownForCausalLM.from_generator(..., compressor_name_or_path=...)`."
+                )
+            return _dict_to_config(self.compressor_config)
+        config = self.get_generator_config()
+        total = config.num_hidden_layers
+        if self.num_compressor_layers > total:
+            raise ValueError(
+                f"`num_compressor_layers`={self.num_compressor_layers} exceeds the generator's {total} layers."
+            )
+        config.num_hidden_layers = self.num_compressor_layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[: self.num_compressor_layers]
+        config.use_cache = False
+        return config
+
+    @property
+    def compressor_learning_rate(self) -> float:
+        """Learning rate of the compressor and projection: 5e-5 for N layers, 1e-4 otherwise (OSCAR)."""
+        if self.compressor_type == "n_layers":
+            return self.learning_rate_compressor_nlayers
+        return self.learning_rate_compressor_encoder
+
+
+__all__ = ["ScaleDownConfig"]

@@ -1,0 +1,835 @@
+# Copyright 2026 The ScaleDown Authors. Licensed under the Apache License, Version 2.0.
+"""ScaleDown: OSCAR online soft compression and reranking (Louis et al., 2025, arXiv:2504.07109) for fast RAG.
+
+This file is copied next to every saved checkpoint as Hub remote code: it imports only torch, transformers, the
+configuration file beside it and (guarded) peft.
+"""
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AddedToken, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput, is_peft_available, logging
+
+from .configuration_scaledown import ScaleDownConfig
+
+
+try:  # transformers >= 5: init functions that respect already-loaded weights
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    from torch.nn import init
+
+
+logger = logging.get_logger(__name__)
+
+_BACKGROUND_MARKER = "@@SCALEDOWN_BACKGROUND@@"
+_TOKENIZER_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
+COMPRESSOR_TOKENIZER_FOLDER = "compressor_tokenizer"
+
+
+@dataclass
+class ScaleDownCompressorOutput(ModelOutput):
+    """
+    Output of [`ScaleDownForCausalLM.compress`].
+
+    Args:
+        memory_embeddings (`torch.FloatTensor` of shape `(num_pairs, num_memory_tokens, generator_hidden_size)`):
+            Compressed representation of every (query, document) pair, in the generator's embedding space.
+        rerank_scores (`torch.FloatTensor` of shape `(num_pairs,)`, *optional*):
+            Relevance score of every pair, when `config.enable_reranking`.
+    """
+
+    memory_embeddings: torch.FloatTensor | None = None
+    rerank_scores: torch.FloatTensor | None = None
+
+
+@dataclass
+class ScaleDownCausalLMOutput(ModelOutput):
+    """
+    Output of [`ScaleDownForCausalLM.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Next-token cross-entropy of the generator on the unmasked label tokens.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+            Generator logits.
+        rerank_scores (`torch.FloatTensor` of shape `(num_pairs,)`, *optional*):
+            Relevance score of every (query, document) pair, when `config.enable_reranking`.
+        memory_embeddings (`torch.FloatTensor` of shape `(num_pairs, num_memory_tokens, generator_hidden_size)`):
+            The compressed documents written into the `<MEM>` slots of the prompts.
+        hidden_states, attentions:
+            As returned by the generator (with `output_hidden_states` / `output_attentions`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    rerank_scores: torch.FloatTensor | None = None
+    memory_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class CompressedDocuments(list):
+    """A list with, per question, a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`.
+
+    `rerank_scores` holds, per question, a tensor `(n_docs,)` of relevance scores when reranking is enabled, else
+    `None`. Pass the object (or any list of such tensors) to [`ScaleDownForCausalLM.generate_from_compressed`].
+    """
+
+    def __init__(self, memory_embeddings: Sequence[torch.Tensor], rerank_scores: Sequence[torch.Tensor] | None = None):
+        super().__init__(memory_embeddings)
+        self.rerank_scores = None if rerank_scores is None else list(rerank_scores)
+
+
+def validate_rag_inputs(questions, documents) -> None:
+    """Raise a `ValueError` naming the problem when `questions`/`documents` are not a list of strings and a list (of
+    the same length) of lists of strings."""
+    if isinstance(questions, str) or not isinstance(questions, Sequence):
+        raise ValueError(f"`questions` must be a list of strings, got {type(questions).__name__}.")
+    if len(questions) == 0:
+        raise ValueError("`questions` is empty: give at least one question.")
+    for i, question in enumerate(questions):
+        if not isinstance(question, str):
+            raise ValueError(f"questions[{i}] must be a string, got {type(question).__name__}.")
+    if isinstance(documents, str) or not isinstance(documents, Sequence):
+        raise ValueError(f"`documents` must be a list (one per question) of lists of strings, got {type(documents)}.")
+    if len(questions) != len(documents):
+        raise ValueError(
+            f"`questions` and `documents` must have the same length (one list of documents per question), got "
+            f"{len(questions)} questions and {len(documents)} document lists."
+        )
+    for i, docs in enumerate(documents):
+        if isinstance(docs, str) or not isinstance(docs, Sequence):
+            raise ValueError(f"documents[{i}] must be a list of strings, got {type(docs).__name__}.")
+        for j, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise ValueError(f"documents[{i}][{j}] must be a string, got {type(doc).__name__}.")
+
+
+def _pad(sequences: list[list[int]], pad_id: int, side: str, length: int | None = None, fill: int | None = None):
+    """Pad lists of ids to one length; returns (ids, attention_mask) as long tensors."""
+    longest = max((len(s) for s in sequences), default=0)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"A sequence of {longest} tokens does not fit the fixed length {length}.")
+    fill = pad_id if fill is None else fill
+    ids, mask = [], []
+    for seq in sequences:
+        pad = [fill] * (length - len(seq))
+        ones, zeros = [1] * len(seq), [0] * len(pad)
+        ids.append(pad + list(seq) if side == "left" else list(seq) + pad)
+        mask.append(zeros + ones if side == "left" else ones + zeros)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _encode(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    if not texts:
+        return []
+    kwargs = {"truncation": True, "max_length": max_length} if max_length else {}
+    return tokenizer(list(texts), add_special_tokens=False, **kwargs)["input_ids"]
+
+
+def build_compressor_inputs(
+    tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], pad_to_length=None
+) -> dict[str, torch.Tensor]:
+    """Tokenize every (question, document) pair as `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`.
+
+    The query is truncated to `config.query_max_length` tokens and each document to `config.doc_max_length` tokens.
+    Rows are right-padded (to `pad_to_length` when given, for fixed shapes), question-major in document order.
+
+    Returns:
+        `dict` with `compressor_input_ids` and `compressor_attention_mask`, both `(num_pairs, length)`.
+    """
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    start = [] if start is None else [start]
+    suffix = list(config.compressor_memory_token_ids)
+    if config.enable_reranking:
+        suffix.append(config.rerank_token_id)
+    query_ids = _encode(tokenizer, questions, config.query_max_length)
+    flat_docs = [doc for docs in documents for doc in docs]
+    doc_ids = iter(_encode(tokenizer, flat_docs, config.doc_max_length))
+    rows = []
+    for query, docs in zip(query_ids, documents):
+        prefix = start + query + [config.document_separator_token_id]
+        rows.extend(prefix + next(doc_ids) + suffix for _ in docs)
+    length = pad_to_length
+    if not rows:
+        length = length or len(start) + len(suffix) + 1
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = _pad(rows, pad_id, "right", length)
+    if not rows:
+        ids, mask = ids.view(0, length), mask.view(0, length)
+    return {"compressor_input_ids": ids, "compressor_attention_mask": mask}
+
+
+def _render_prompt(tokenizer, system_prompt: str, question: str, with_background: bool) -> tuple[str, str]:
+    """Render the chat prompt and split it around the background block: returns (before, after)."""
+    user = f"Background:\n{_BACKGROUND_MARKER}\n\nQuestion: {question}" if with_background else f"Question: {question}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role (e.g. Mistral v0.2): fold it into the user turn
+            messages = [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{tokenizer.bos_token or ''}{system_prompt}\n\n{user}\n\nAnswer:"
+    before, _, after = text.partition(_BACKGROUND_MARKER)
+    return (before, after) if with_background else ("", before)
+
+
+def build_generator_prompt(
+    tokenizer, config: ScaleDownConfig, question: str, document_segments: list[list[int]]
+) -> list[int]:
+    """Token ids of the generator's chat prompt for one question.
+
+    Each document contributes a `Document i:` header followed by its segment: `num_memory_tokens` `<MEM>`
+    placeholders for a compressed document, or the document's own tokens for the uncompressed baseline. With no
+    document the prompt holds the question alone. Built from ids (never by tokenizing placeholder text) so that the
+    placeholders cannot merge with neighbouring characters.
+    """
+    before, after = _render_prompt(tokenizer, config.system_prompt, question, bool(document_segments))
+    ids = _encode(tokenizer, [before])[0] if before else []
+    for i, segment in enumerate(document_segments):
+        ids += _encode(tokenizer, [f"{chr(10) if i else ''}Document {i + 1}: "])[0] + list(segment)
+    return ids + _encode(tokenizer, [after])[0]
+
+
+def build_generator_inputs(
+    tokenizer,
+    config: ScaleDownConfig,
+    questions: list[str],
+    document_segments: list[list[list[int]]],
+    answers: list[str] | None = None,
+    padding_side: str = "left",
+    pad_to_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Batch of generator prompts (and, with `answers`, training labels).
+
+    Args:
+        document_segments: per question, per document, the ids standing for the document (see
+            [`build_generator_prompt`]).
+        answers: target answers; appended after the prompt with the tokenizer's EOS token. `labels` copy the answer
+            tokens and mask prompt, memory slots and padding with -100.
+        padding_side: `"left"` for generation, `"right"` for training.
+
+    Returns:
+        `dict` with `input_ids`, `attention_mask` (and `labels`), each `(batch_size, length)`.
+    """
+    if answers is not None and len(answers) != len(questions):
+        raise ValueError(f"Got {len(answers)} answers for {len(questions)} questions.")
+    prompts = [build_generator_prompt(tokenizer, config, q, segs) for q, segs in zip(questions, document_segments)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if answers is None:
+        ids, mask = _pad(prompts, pad_id, padding_side, pad_to_length)
+        return {"input_ids": ids, "attention_mask": mask}
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    answer_ids = [a + eos for a in _encode(tokenizer, list(answers))]
+    sequences = [p + a for p, a in zip(prompts, answer_ids)]
+    targets = [[-100] * len(p) + a for p, a in zip(prompts, answer_ids)]
+    ids, mask = _pad(sequences, pad_id, padding_side, pad_to_length)
+    labels, _ = _pad(targets, pad_id, padding_side, pad_to_length, fill=-100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _hidden_size(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return config.hidden_size
+
+
+class ScaleDownPreTrainedModel(PreTrainedModel):
+    config_class = ScaleDownConfig
+    base_model_prefix = "scaledown"
+    supports_gradient_checkpointing = True
+    _no_split_modules = []  # the generator's and compressor's own are gathered from them
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        """Initialise the projection and reranking head; generator and compressor initialise themselves."""
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
+    r"""
+    OSCAR-style retrieval-augmented generator with online, query-dependent soft compression of the documents.
+
+    For every (query, document) pair the `compressor` reads `[query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`
+    and emits its hidden states at the memory positions (through `projection` for `"encoder"`/`"llm"`
+    compressors); `rerank_head` scores the `<RR>` state. The `generator` (a causal LM with LoRA adapters) reads a chat
+    prompt in which the embeddings of `<MEM>` placeholders are overwritten by those vectors, plus the question in clear
+    text. Questions in a batch may have different numbers of documents, zero included (the answer then comes from the
+    question alone).
+
+    Build one with [`~ScaleDownForCausalLM.from_generator`], reload it with `from_pretrained` (or
+    `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` without installing this package).
+    """
+
+    _auto_class = "AutoModelForCausalLM"
+
+    def __init__(self, config: ScaleDownConfig, generator: PreTrainedModel | None = None, compressor=None):
+        super().__init__(config)
+        dtype = torch.get_default_dtype()
+        if generator is None:
+            generator = AutoModelForCausalLM.from_config(config.get_generator_config(), dtype=dtype)
+        self.generator = generator
+        if config.use_lora:
+            self._inject_lora()
+
+        compressor_config = config.get_compressor_config()
+        if compressor is None:
+            compressor = AutoModel.from_config(compressor_config, dtype=dtype)
+        if getattr(compressor, "pooler", None) is not None:  # BERT-style pooler: unused, would break DDP
+            compressor.pooler = None
+        if config.compressor_type == "n_layers" and not config.compressor_keep_final_norm:
+            compressor.norm = nn.Identity()
+        self.compressor = compressor
+
+        compressor_width = _hidden_size(compressor_config)
+        generator_width = _hidden_size(self.generator.config)
+        if config.compressor_type == "n_layers":
+            self.projection = None
+        else:
+            hidden = config.projection_hidden_dim or generator_width
+            self.projection = nn.Sequential(
+                nn.Linear(compressor_width, hidden), nn.ReLU(), nn.Linear(hidden, generator_width)
+            )
+        self.rerank_head = nn.Linear(compressor_width, 1) if config.enable_reranking else None
+
+        self.tokenizer = None
+        self.compressor_tokenizer = None
+        self.post_init()
+        self._set_trainable()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _inject_lora(self):
+        if not is_peft_available():
+            raise ImportError(
+                "This ScaleDown model uses LoRA (`use_lora=True`), which needs peft: `pip install peft`."
+            )
+        from peft import LoraConfig, inject_adapter_in_model
+
+        target = self.config.lora_target_modules
+        lora_config = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=target if isinstance(target, str) else list(target),
+            bias="none",
+        )
+        inject_adapter_in_model(lora_config, self.generator)
+        # The generator is already initialised: keep its init function away from the fresh adapters (LoRA B must stay
+        # zero). Under `from_pretrained` (meta tensors) the weights come from the checkpoint instead.
+        for name, module in self.generator.named_modules():
+            if "lora_" in name:
+                if any(p.device.type == "meta" for p in module.parameters(recurse=False)):
+                    continue
+                module._is_hf_initialized = True
+                for param in module.parameters(recurse=False):
+                    param._is_hf_initialized = True
+
+    def _set_trainable(self):
+        """Freeze the generator except its LoRA adapters; compressor, projection and reranking head train fully."""
+        for name, param in self.generator.named_parameters():
+            param.requires_grad = bool(self.config.use_lora) and "lora_" in name
+        for module in (self.compressor, self.projection, self.rerank_head):
+            if module is not None:
+                module.requires_grad_(True)
+
+    def get_input_embeddings(self):
+        return self.generator.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.generator.set_input_embeddings(value)
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: str | os.PathLike | PreTrainedModel,
+        tokenizer=None,
+        *,
+        compressor: str | os.PathLike | PreTrainedModel | None = None,
+        compressor_tokenizer=None,
+        generator_kwargs: dict | None = None,
+        compressor_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "ScaleDownForCausalLM":
+        r"""
+        Build a ScaleDown model around a causal LM generator.
+
+        Args:
+            generator (`str`, `os.PathLike` or `PreTrainedModel`):
+                Hub id, local folder or already loaded causal LM. A loaded model is used in place: its vocabulary is
+                extended with the memory token and LoRA adapters are injected into it.
+            tokenizer (*optional*):
+                The generator's tokenizer; loaded from `generator` when omitted. It is copied, never modified.
+            compressor (`str`, `os.PathLike` or `PreTrainedModel`, *optional*):
+                For `compressor_type="encoder"`/`"llm"`: hub id, folder or loaded `AutoModel`. Defaults to
+                `config.compressor_name_or_path` (ModernBERT-base for encoders).
+            compressor_tokenizer (*optional*):
+                The compressor's tokenizer (`"encoder"`/`"llm"`); loaded from `compressor` when omitted.
+            generator_kwargs, compressor_kwargs (`dict`, *optional*):
+                Extra `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...) when loading by name.
+            config_kwargs:
+                Any [`ScaleDownConfig`] argument (`compressor_type`, `num_compressor_layers`, `enable_reranking`, ...).
+        """
+        generator_kwargs = dict(generator_kwargs or {})
+        compressor_kwargs = dict(compressor_kwargs or {})
+        if isinstance(generator, (str, os.PathLike)):
+            name_or_path = str(generator)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
+            generator = AutoModelForCausalLM.from_pretrained(name_or_path, **generator_kwargs)
+        elif isinstance(generator, PreTrainedModel):
+            name_or_path = getattr(generator, "name_or_path", None) or generator.config._name_or_path
+            if tokenizer is None:
+                if not name_or_path:
+                    raise ValueError("`tokenizer` is required when `generator` is a model without a `name_or_path`.")
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        else:
+            raise ValueError(f"`generator` must be a hub id, a folder or a PreTrainedModel, got {type(generator)}.")
+        if not getattr(generator, "can_generate", lambda: True)():
+            raise ValueError(f"`generator` must be a causal LM, got {type(generator).__name__}.")
+        config_kwargs.setdefault("generator_name_or_path", name_or_path or "")
+        config = ScaleDownConfig(**config_kwargs)  # validates the settings before any heavy work
+
+        tokenizer = copy.deepcopy(tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        _add_special_tokens(tokenizer, [config.memory_token])
+        compressor_tokens = [
+            config.compressor_memory_token_template.format(i + 1) for i in range(config.num_memory_tokens)
+        ]
+        compressor_tokens += [config.document_separator_token]
+        if config.enable_reranking:
+            compressor_tokens.append(config.rerank_token)
+
+        if config.compressor_type == "n_layers":
+            compressor_tokenizer = tokenizer
+        else:
+            source = compressor if compressor is not None else config.compressor_name_or_path
+            if isinstance(source, PreTrainedModel):
+                config.compressor_name_or_path = source.name_or_path or config.compressor_name_or_path
+            if compressor_tokenizer is None:
+                compressor_tokenizer = AutoTokenizer.from_pretrained(config.compressor_name_or_path)
+            compressor_tokenizer = copy.deepcopy(compressor_tokenizer)
+            if compressor_tokenizer.pad_token is None:
+                compressor_tokenizer.pad_token = compressor_tokenizer.eos_token or compressor_tokenizer.unk_token
+            if not isinstance(source, PreTrainedModel):
+                compressor = AutoModel.from_pretrained(str(source), **compressor_kwargs)
+            else:
+                compressor = source
+        _add_special_tokens(compressor_tokenizer, compressor_tokens)
+
+        _grow_vocabulary(generator, len(tokenizer))
+        config.memory_token_id = tokenizer.convert_tokens_to_ids(config.memory_token)
+        config.compressor_memory_token_ids = compressor_tokenizer.convert_tokens_to_ids(
+            compressor_tokens[: config.num_memory_tokens]
+        )
+        config.document_separator_token_id = compressor_tokenizer.convert_tokens_to_ids(
+            config.document_separator_token
+        )
+        if config.enable_reranking:
+            config.rerank_token_id = compressor_tokenizer.convert_tokens_to_ids(config.rerank_token)
+        config.generator_config = generator.config.to_dict()
+        config.generator_config.pop("transformers_version", None)
+
+        if config.compressor_type == "n_layers":
+            compressor = _copy_first_layers(generator, config)
+        else:
+            _grow_vocabulary(compressor, len(compressor_tokenizer))
+            config.compressor_config = compressor.config.to_dict()
+            config.compressor_config.pop("transformers_version", None)
+        compressor.to(generator.device)
+
+        model = cls(config, generator=generator, compressor=compressor)
+        model.tokenizer = tokenizer
+        model.compressor_tokenizer = compressor_tokenizer
+        model._setup_generation_config()
+        return model.eval()
+
+    def _setup_generation_config(self):
+        generation_config = copy.deepcopy(self.generator.generation_config)
+        generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if generation_config.max_new_tokens is None:
+            generation_config.max_new_tokens = 128
+        # Never emit the placeholders the model reads its documents through.
+        special = [self.config.memory_token_id, *self.config.compressor_memory_token_ids]
+        special += [self.config.document_separator_token_id, self.config.rerank_token_id]
+        vocab = self.generator.get_output_embeddings().weight.shape[0]
+        if self.config.compressor_type == "n_layers":
+            generation_config.suppress_tokens = sorted({t for t in special if t is not None and t < vocab})
+        else:
+            generation_config.suppress_tokens = [self.config.memory_token_id]
+        self.generation_config = generation_config
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (safetensors), configuration, both code files (Hub remote code) and both tokenizers.
+
+        The compressor's tokenizer goes to the `compressor_tokenizer/` subfolder when it differs from the
+        generator's.
+        """
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("ScaleDown checkpoints are saved as safetensors only; drop `safe_serialization=False`.")
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update(
+            {
+                "AutoConfig": "configuration_scaledown.ScaleDownConfig",
+                "AutoModel": "modeling_scaledown.ScaleDownForCausalLM",
+                "AutoModelForCausalLM": "modeling_scaledown.ScaleDownForCausalLM",
+            }
+        )
+        self.config.auto_map = auto_map
+        if self.config._auto_class is None:
+            self.config._auto_class = "AutoConfig"
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        if self.compressor_tokenizer is not None and self.compressor_tokenizer is not self.tokenizer:
+            self.compressor_tokenizer.save_pretrained(os.path.join(save_directory, COMPRESSOR_TOKENIZER_FOLDER))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a ScaleDown checkpoint (weights, configuration and both tokenizers), eval mode, generator frozen
+        except LoRA. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...)."""
+        hub_kwargs = {k: kwargs[k] for k in _TOKENIZER_HUB_KWARGS if k in kwargs}
+        subfolder = kwargs.get("subfolder", "")
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if pretrained_model_name_or_path is not None:
+            model._load_tokenizers(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
+        model._set_trainable()
+        return model
+
+    def _load_tokenizers(self, name_or_path: str, subfolder: str, hub_kwargs: dict):
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder=subfolder, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            logger.warning(f"No generator tokenizer loaded from {name_or_path}: {error}")
+            return
+        if self.config.compressor_type == "n_layers":
+            self.compressor_tokenizer = self.tokenizer
+            return
+        compressor_folder = f"{subfolder}/{COMPRESSOR_TOKENIZER_FOLDER}" if subfolder else COMPRESSOR_TOKENIZER_FOLDER
+        try:
+            self.compressor_tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, subfolder=compressor_folder, **hub_kwargs
+            )
+        except (OSError, ValueError) as error:
+            logger.warning(f"No compressor tokenizer loaded from {name_or_path}/{compressor_folder}: {error}")
+
+    # ------------------------------------------------------------------ compression
+    def compress(
+        self,
+        compressor_input_ids: torch.LongTensor,
+        compressor_attention_mask: torch.LongTensor | None = None,
+    ) -> ScaleDownCompressorOutput:
+        r"""
+        Compress a batch of (query, document) pairs built by [`build_compressor_inputs`].
+
+        Args:
+            compressor_input_ids (`torch.LongTensor` of shape `(num_pairs, length)`):
+                Token ids; every row holds each memory token once (and the `<RR>` token when reranking).
+            compressor_attention_mask (`torch.LongTensor` of shape `(num_pairs, length)`, *optional*):
+                1 for real tokens, 0 for padding.
+        """
+        config = self.config
+        if compressor_attention_mask is None:
+            compressor_attention_mask = torch.ones_like(compressor_input_ids)
+        num_pairs = compressor_input_ids.shape[0]
+        generator_width = _hidden_size(self.generator.config)
+        if num_pairs == 0:
+            embeds = self.get_input_embeddings().weight
+            empty = embeds.new_zeros((0, config.num_memory_tokens, generator_width))
+            scores = embeds.new_zeros((0,)) if config.enable_reranking else None
+            return ScaleDownCompressorOutput(memory_embeddings=empty, rerank_scores=scores)
+        memory_ids = torch.tensor(config.compressor_memory_token_ids, device=compressor_input_ids.device)
+        memory_mask = torch.isin(compressor_input_ids, memory_ids)
+        extra = {} if config.compressor_type == "encoder" else {"use_cache": False}
+        hidden = self.compressor(
+            input_ids=compressor_input_ids, attention_mask=compressor_attention_mask, **extra
+        ).last_hidden_state
+        memory = hidden[memory_mask]
+        if memory.shape[0] != num_pairs * config.num_memory_tokens:
+            raise ValueError(
+                f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
+                f"{memory.shape[0]} memory tokens in {num_pairs} rows."
+            )
+        memory = memory.view(num_pairs, config.num_memory_tokens, -1)
+        if self.projection is not None:
+            memory = self.projection(memory)
+        scores = None
+        if self.rerank_head is not None:
+            rr_mask = compressor_input_ids == config.rerank_token_id
+            rr_hidden = hidden[rr_mask]
+            if rr_hidden.shape[0] != num_pairs:
+                raise ValueError(f"Every compressor input must hold the {config.rerank_token} token exactly once.")
+            scores = self.rerank_head(rr_hidden).squeeze(-1)
+        return ScaleDownCompressorOutput(memory_embeddings=memory, rerank_scores=scores)
+
+    def _check_tokenizers(self):
+        if self.tokenizer is None or self.compressor_tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizers: build it with `from_generator` or load it with `from_pretrained` from "
+                "a folder that holds them, or set `model.tokenizer` / `model.compressor_tokenizer`."
+            )
+
+    @torch.no_grad()
+    def compress_documents(
+        self, questions: list[str], documents: list[list[str]], batch_size: int | None = None
+    ) -> CompressedDocuments:
+        r"""
+        Compress the retrieved documents of each question.
+
+        Documents longer than `config.doc_max_length` tokens (and queries longer than `config.query_max_length`) are
+        truncated. The result for a (question, document) pair does not depend on the rest of the batch.
+
+        Args:
+            questions (`list[str]`): the queries.
+            documents (`list[list[str]]`): per question, its documents (any number, zero included).
+            batch_size (`int`, *optional*): (question, document) pairs per compressor call; all at once by default.
+
+        Returns:
+            [`CompressedDocuments`]: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`,
+            and `.rerank_scores` (per question `(n_docs,)`) when reranking is enabled.
+        """
+        validate_rag_inputs(questions, documents)
+        self._check_tokenizers()
+        pairs = [(i, doc) for i, docs in enumerate(documents) for doc in docs]
+        batch_size = batch_size or max(len(pairs), 1)
+        device = next(self.compressor.parameters()).device
+        memories, scores = [], []
+        for start in range(0, max(len(pairs), 1), batch_size):
+            chunk = pairs[start : start + batch_size]
+            chunk_questions = [questions[i] for i, _ in chunk]
+            inputs = build_compressor_inputs(
+                self.compressor_tokenizer, self.config, chunk_questions, [[doc] for _, doc in chunk]
+            )
+            out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
+            memories.append(out.memory_embeddings)
+            if out.rerank_scores is not None:
+                scores.append(out.rerank_scores)
+        counts = [len(docs) for docs in documents]
+        memory = torch.cat(memories).split(counts)
+        rerank = torch.cat(scores).split(counts) if self.config.enable_reranking else None
+        return CompressedDocuments(memory, rerank)
+
+    # ------------------------------------------------------------------ generator side
+    def _merge_memory(self, input_ids: torch.LongTensor, memory_embeddings: torch.Tensor | None) -> torch.Tensor:
+        """Embed `input_ids` and overwrite the `<MEM>` placeholders, in reading order, with `memory_embeddings`."""
+        embedding = self.get_input_embeddings()
+        inputs_embeds = embedding(input_ids)
+        placeholder = input_ids == self.config.memory_token_id
+        expected = 0 if memory_embeddings is None else memory_embeddings.shape[0] * memory_embeddings.shape[1]
+        found = int(placeholder.sum())
+        if found != expected:
+            raise ValueError(
+                f"The prompts hold {found} `{self.config.memory_token}` placeholders but {expected} memory embeddings "
+                f"were given ({self.config.num_memory_tokens} per document)."
+            )
+        if expected == 0:
+            return inputs_embeds
+        memory = memory_embeddings.reshape(-1, memory_embeddings.shape[-1]).to(
+            inputs_embeds.device, inputs_embeds.dtype
+        )
+        return inputs_embeds.masked_scatter(placeholder.unsqueeze(-1), memory)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        compressor_input_ids: torch.LongTensor | None = None,
+        compressor_attention_mask: torch.Tensor | None = None,
+        memory_embeddings: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> ScaleDownCausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Generator prompts (and answers) holding `num_memory_tokens` `<MEM>` placeholders per document, built by
+                [`build_generator_inputs`].
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Generator attention mask.
+            compressor_input_ids (`torch.LongTensor` of shape `(num_pairs, compressor_length)`, *optional*):
+                Compressor inputs of every (question, document) pair, question-major in the order the placeholders
+                appear in `input_ids`, built by [`build_compressor_inputs`].
+            compressor_attention_mask (`torch.Tensor` of shape `(num_pairs, compressor_length)`, *optional*):
+                Compressor attention mask.
+            memory_embeddings (`torch.FloatTensor` of shape `(num_pairs, num_memory_tokens, hidden_size)`, *optional*):
+                Already compressed documents, instead of `compressor_input_ids`.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Target ids for the generator's next-token cross-entropy; -100 is ignored.
+            position_ids, inputs_embeds, use_cache, kwargs:
+                Passed to the generator (`inputs_embeds` replaces `input_ids` and then must already hold the memory).
+                `use_cache` defaults to `False`: this forward serves training and scoring; `generate` handles caching.
+        """
+        rerank_scores = None
+        if compressor_input_ids is not None:
+            if memory_embeddings is not None:
+                raise ValueError("Give either `compressor_input_ids` or `memory_embeddings`, not both.")
+            compressed = self.compress(compressor_input_ids, compressor_attention_mask)
+            memory_embeddings, rerank_scores = compressed.memory_embeddings, compressed.rerank_scores
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Give `input_ids` (or `inputs_embeds`) for the generator.")
+            inputs_embeds = self._merge_memory(input_ids, memory_embeddings)
+        elif input_ids is not None:
+            raise ValueError("Give either `input_ids` or `inputs_embeds`, not both.")
+        outputs = self.generator(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            use_cache=bool(use_cache),
+            return_dict=True,
+            **kwargs,
+        )
+        return ScaleDownCausalLMOutput(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            rerank_scores=rerank_scores,
+            memory_embeddings=memory_embeddings,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        compressor_input_ids: torch.LongTensor | None = None,
+        compressor_attention_mask: torch.Tensor | None = None,
+        memory_embeddings: torch.FloatTensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        r"""
+        Generate from left-padded prompts with `<MEM>` placeholders. Takes every `GenerationConfig` option (greedy,
+        sampling, beam search, `max_new_tokens`, `stop_strings`, ...) through `generate_kwargs`; the model's
+        `generation_config` is the default. Returns the new tokens only, `(batch_size * num_return_sequences, n)`.
+        """
+        if input_ids is None:
+            raise ValueError("`generate` needs the generator prompts as `input_ids`.")
+        if compressor_input_ids is not None:
+            if memory_embeddings is not None:
+                raise ValueError("Give either `compressor_input_ids` or `memory_embeddings`, not both.")
+            memory_embeddings = self.compress(compressor_input_ids, compressor_attention_mask).memory_embeddings
+        inputs_embeds = self._merge_memory(input_ids, memory_embeddings)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # One GenerationConfig: the model's (or the one given) updated with the generation options among the kwargs.
+        generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
+        model_kwargs = generation_config.update(**generate_kwargs)
+        if generation_config.stop_strings and "tokenizer" not in model_kwargs:
+            model_kwargs["tokenizer"] = self.tokenizer
+        return self.generator.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask.to(inputs_embeds.device),
+            generation_config=generation_config,
+            **model_kwargs,
+        )
+
+    @torch.no_grad()
+    def generate_from_compressed(
+        self, questions: list[str], compressed: Sequence[torch.Tensor], **generate_kwargs
+    ) -> list[str]:
+        r"""
+        Answer `questions` from documents compressed by [`compress_documents`].
+
+        Args:
+            questions (`list[str]`): the queries, in clear text.
+            compressed: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`.
+            generate_kwargs: any `generate` / `GenerationConfig` option.
+
+        Returns:
+            `list[str]`: one answer per question (per returned sequence with `num_return_sequences`).
+        """
+        self._check_tokenizers()
+        if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+            raise ValueError("`questions` must be a non-empty list of strings.")
+        if len(compressed) != len(questions):
+            raise ValueError(f"Got {len(compressed)} compressed document sets for {len(questions)} questions.")
+        width = _hidden_size(self.generator.config)
+        expected = (self.config.num_memory_tokens, width)
+        for i, memory in enumerate(compressed):
+            if not torch.is_tensor(memory) or memory.dim() != 3 or tuple(memory.shape[1:]) != expected:
+                shape = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
+                raise ValueError(f"compressed[{i}] must be a tensor (n_docs, {expected[0]}, {width}), got {shape}.")
+        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
+        segments = [[placeholders] * memory.shape[0] for memory in compressed]
+        inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
+        device = self.get_input_embeddings().weight.device
+        memory = torch.cat([m.to(device) for m in compressed]) if compressed else None
+        output_ids = self.generate(
+            input_ids=inputs["input_ids"].to(device),
+            attention_mask=inputs["attention_mask"].to(device),
+            memory_embeddings=memory,
+            **generate_kwargs,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_from_text(self, questions: list[str], documents: list[list[str]], **generate_kwargs) -> list[str]:
+        r"""
+        Compress each question's documents and answer it. See [`compress_documents`] (truncation, zero documents)
+        and [`generate_from_compressed`] (generation options).
+        """
+        compressed = self.compress_documents(questions, documents)
+        return self.generate_from_compressed(questions, compressed, **generate_kwargs)
+
+
+def _add_special_tokens(tokenizer, tokens: list[str]) -> None:
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+
+
+def _grow_vocabulary(model: PreTrainedModel, size: int) -> None:
+    """Make room for added tokens (never shrinks a vocabulary padded beyond the tokenizer)."""
+    current = model.get_input_embeddings().weight.shape[0]
+    if size > current:
+        model.resize_token_embeddings(size)
+
+
+def _copy_first_layers(generator: PreTrainedModel, config: ScaleDownConfig) -> PreTrainedModel:
+    """A separate copy of the generator's embeddings and first `num_compressor_layers` layers (an `AutoModel`)."""
+    compressor_config = config.get_compressor_config()
+    compressor = AutoModel.from_config(compressor_config, dtype=generator.dtype)
+    base = generator.get_decoder() if hasattr(generator, "get_decoder") else generator.base_model
+    source = base.state_dict()
+    target = compressor.state_dict()
+    missing = [k for k in target if k not in source]
+    if missing:
+        raise ValueError(
+            f"Cannot copy the generator's first layers into an N-layers compressor: {type(base).__name__} lacks "
+            f"{missing[:5]}. The N-layers compressor needs the usual `model.layers` decoder layout."
+        )
+    compressor.load_state_dict({k: source[k] for k in target}, strict=True)
+    return compressor
+
+
+__all__ = [
+    "CompressedDocuments",
+    "ScaleDownCausalLMOutput",
+    "ScaleDownCompressorOutput",
+    "ScaleDownForCausalLM",
+    "ScaleDownPreTrainedModel",
+    "build_compressor_inputs",
+    "build_generator_inputs",
+    "build_generator_prompt",
+    "validate_rag_inputs",
+]

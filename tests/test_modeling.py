@@ -1,0 +1,500 @@
+import ast
+import copy
+import os
+import pathlib
+
+import pytest
+import torch
+from tiny_models import make_encoder, make_generator, make_scaledown
+from transformers import AutoModel, AutoModelForCausalLM
+
+import scaledown.modeling_scaledown as modeling
+from scaledown import (
+    CompressedDocuments,
+    ScaleDownCausalLMOutput,
+    ScaleDownForCausalLM,
+    build_compressor_inputs,
+    build_generator_inputs,
+)
+
+
+VARIANTS = [
+    ("llama", "n_layers", None),
+    ("mistral", "n_layers", None),
+    ("qwen2", "n_layers", None),
+    ("llama", "encoder", "bert"),
+    ("mistral", "encoder", "modernbert"),
+    ("qwen2", "llm", None),
+]
+VARIANT_IDS = ["-".join(v for v in variant if v) for variant in VARIANTS]
+
+
+def build(variant, **kwargs):
+    arch, compressor_type, encoder = variant
+    return make_scaledown(arch, compressor_type, encoder=encoder or "bert", **kwargs)
+
+
+@pytest.fixture(params=VARIANTS, ids=VARIANT_IDS)
+def variant(request):
+    return request.param
+
+
+def test_compress_documents_shapes_and_scores(variant, rag_batch):
+    model = build(variant, enable_reranking=True)
+    questions, documents = rag_batch
+    compressed = model.compress_documents(questions, documents)
+    assert isinstance(compressed, CompressedDocuments) and len(compressed) == 3
+    hidden = model.generator.config.hidden_size
+    assert [tuple(c.shape) for c in compressed] == [(2, 4, hidden), (1, 4, hidden), (0, 4, hidden)]
+    assert [tuple(s.shape) for s in compressed.rerank_scores] == [(2,), (1,), (0,)]
+    assert torch.isfinite(torch.cat(list(compressed))).all()
+    # Different documents give different memories; the memory slots differ from one another.
+    assert not torch.allclose(compressed[0][0], compressed[0][1])
+    assert not torch.allclose(compressed[0][0, 0], compressed[0][0, 1])
+
+
+def test_without_reranking_there_are_no_scores(rag_batch):
+    model = make_scaledown()
+    compressed = model.compress_documents(*rag_batch)
+    assert compressed.rerank_scores is None and model.rerank_head is None
+    assert "<RR>" not in model.tokenizer.get_vocab()
+
+
+def test_compression_is_batch_invariant(variant):
+    """A (query, document) pair compresses to the same vectors whatever else is in the batch (fp32, |Δ| <= 1e-5)."""
+    model = build(variant, enable_reranking=True)
+    question, document = "What is the capital of France?", "Paris is the capital of France."
+    alone = model.compress_documents([question], [[document]])
+    long_doc = " ".join(["Berlin is the capital of Germany and lies on the Spree."] * 6)
+    crowded = model.compress_documents(
+        ["Who wrote Hamlet? " * 3, question, "Where?"],
+        [[long_doc, "Water boils."], ["Short.", document, long_doc], [document]],
+    )
+    assert (alone[0][0] - crowded[1][1]).abs().max() <= 1e-5
+    assert (alone.rerank_scores[0][0] - crowded.rerank_scores[1][1]).abs().max() <= 1e-5
+    # ... and whatever the chunking of the pairs into compressor calls.
+    chunked = model.compress_documents(
+        ["Who wrote Hamlet? " * 3, question, "Where?"],
+        [[long_doc, "Water boils."], ["Short.", document, long_doc], [document]],
+        batch_size=2,
+    )
+    for full, part in zip(crowded, chunked):
+        assert (full - part).abs().max() <= 1e-5
+
+
+def test_documents_are_truncated_to_doc_max_length():
+    model = make_scaledown()
+    tokenizer = model.compressor_tokenizer
+    long_doc = " ".join(["The Amazon is the largest rainforest on Earth."] * 20)
+    ids = tokenizer(long_doc, add_special_tokens=False)["input_ids"]
+    assert len(ids) > model.config.doc_max_length
+    prefix = tokenizer.decode(ids[: model.config.doc_max_length])
+    assert tokenizer(prefix, add_special_tokens=False)["input_ids"] == ids[: model.config.doc_max_length]
+    inputs = build_compressor_inputs(tokenizer, model.config, ["Where?"], [[long_doc]])
+    query_len = len(tokenizer("Where?", add_special_tokens=False)["input_ids"])
+    start = 1 if tokenizer.bos_token_id is not None else 0
+    expected = start + query_len + 1 + model.config.doc_max_length + model.config.num_memory_tokens
+    assert inputs["compressor_input_ids"].shape == (1, expected)
+    full, cut = model.compress_documents(["Where?", "Where?"], [[long_doc], [prefix]])
+    assert (full - cut).abs().max() <= 1e-5
+
+
+def test_compressor_input_layout():
+    model = make_scaledown(enable_reranking=True)
+    config, tokenizer = model.config, model.compressor_tokenizer
+    inputs = build_compressor_inputs(tokenizer, config, ["q one", "q two"], [["doc a", "doc b b b"], ["doc c"]])
+    ids, mask = inputs["compressor_input_ids"], inputs["compressor_attention_mask"]
+    assert ids.shape[0] == 3 and mask.shape == ids.shape
+    for row, row_mask in zip(ids, mask):
+        real = row[row_mask.bool()].tolist()
+        assert real[-1] == config.rerank_token_id
+        assert real[-1 - config.num_memory_tokens : -1] == config.compressor_memory_token_ids
+        assert real.count(config.document_separator_token_id) == 1
+        assert row_mask.tolist() == sorted(row_mask.tolist(), reverse=True)  # right padding
+    assert (
+        ids[0, : ids[0].tolist().index(config.document_separator_token_id)].tolist()
+        == ids[1, : ids[1].tolist().index(config.document_separator_token_id)].tolist()
+    )
+
+
+def test_generator_prompt_holds_memory_slots_per_document():
+    model = make_scaledown()
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    inputs = build_generator_inputs(model.tokenizer, model.config, ["a?", "b?", "c?"], [[mem, mem], [mem], []])
+    counts = (inputs["input_ids"] == model.config.memory_token_id).sum(-1).tolist()
+    assert counts == [8, 4, 0]
+    first = inputs["attention_mask"][:, 0].tolist()
+    assert first.count(0) >= 1  # left padding for generation
+    text = model.tokenizer.decode(inputs["input_ids"][2][inputs["attention_mask"][2].bool()])
+    assert "Question: c?" in text and "Background" not in text  # no documents: the question alone
+    text = model.tokenizer.decode(inputs["input_ids"][0][inputs["attention_mask"][0].bool()])
+    assert "Document 1:" in text and "Document 2:" in text and model.config.system_prompt in text
+
+
+def test_training_labels_mask_the_prompt():
+    model = make_scaledown()
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    inputs = build_generator_inputs(
+        model.tokenizer,
+        model.config,
+        ["a?", "bb?"],
+        [[mem], []],
+        answers=["Paris.", "Shakespeare"],
+        padding_side="right",
+    )
+    labels, ids = inputs["labels"], inputs["input_ids"]
+    for row_labels, row_ids in zip(labels, ids):
+        kept = row_labels[row_labels != -100]
+        assert kept[-1] == model.tokenizer.eos_token_id
+        assert (row_ids[row_labels != -100] == kept).all()
+        assert model.config.memory_token_id not in kept.tolist()
+    assert model.tokenizer.decode(labels[0][labels[0] != -100][:-1]) == "Paris."
+
+
+def test_mixed_document_counts_match_single_questions(variant, rag_batch):
+    """Batched forward (left padding, 2/1/0 documents) gives each question the logits it gets alone."""
+    model = build(variant)
+    questions, documents = rag_batch
+    compressed = model.compress_documents(questions, documents)
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    segments = [[mem] * len(d) for d in documents]
+    batch = build_generator_inputs(model.tokenizer, model.config, questions, segments)
+    with torch.no_grad():
+        batched = model(**batch, memory_embeddings=torch.cat(list(compressed))).logits[:, -1]
+        for i in range(3):
+            alone = build_generator_inputs(model.tokenizer, model.config, [questions[i]], [segments[i]])
+            logits = model(**alone, memory_embeddings=compressed[i]).logits[:, -1]
+            assert (logits[0] - batched[i]).abs().max() <= 1e-4
+
+
+def test_generate_from_text_matches_single_question_runs(rag_batch):
+    model = make_scaledown("llama")
+    questions, documents = rag_batch
+    batched = model.generate_from_text(questions, documents, max_new_tokens=6, do_sample=False)
+    assert len(batched) == 3 and all(isinstance(t, str) for t in batched)
+    singles = [
+        model.generate_from_text([q], [d], max_new_tokens=6, do_sample=False)[0] for q, d in rag_batch_zip(rag_batch)
+    ]
+    assert singles == batched
+
+
+def rag_batch_zip(rag_batch):
+    return list(zip(*rag_batch))
+
+
+def test_generate_from_compressed_equals_generate_from_text(rag_batch):
+    model = make_scaledown("qwen2")
+    questions, documents = rag_batch
+    compressed = model.compress_documents(questions, documents)
+    assert model.generate_from_compressed(questions, compressed, max_new_tokens=5) == model.generate_from_text(
+        questions, documents, max_new_tokens=5
+    )
+
+
+def test_generation_options(rag_batch):
+    model = make_scaledown("mistral")
+    questions, documents = rag_batch
+    compressed = model.compress_documents(questions, documents)
+    greedy = model.generate_from_compressed(questions, compressed, max_new_tokens=4, do_sample=False)
+    assert len(greedy) == 3
+    torch.manual_seed(0)
+    sampled_a = model.generate_from_compressed(questions, compressed, max_new_tokens=6, do_sample=True, top_k=50)
+    torch.manual_seed(0)
+    sampled_b = model.generate_from_compressed(questions, compressed, max_new_tokens=6, do_sample=True, top_k=50)
+    assert sampled_a == sampled_b and len(sampled_a) == 3
+    beams = model.generate_from_compressed(
+        questions, compressed, max_new_tokens=4, num_beams=3, num_return_sequences=2
+    )
+    assert len(beams) == 6
+    ids = model.generate(
+        **build_generator_inputs(
+            model.tokenizer,
+            model.config,
+            questions,
+            [[[model.config.memory_token_id] * 4] * len(d) for d in documents],
+        ),
+        memory_embeddings=torch.cat(list(compressed)),
+        max_new_tokens=3,
+        min_new_tokens=3,
+    )
+    assert ids.shape == (3, 3)  # only the new tokens
+    suppressed = set(model.generation_config.suppress_tokens)
+    assert model.config.memory_token_id in suppressed
+
+
+def test_stop_strings_cut_the_answer(rag_batch):
+    model = make_scaledown("mistral")
+    questions, documents = rag_batch
+    free = model.generate_from_text(questions[:1], documents[:1], max_new_tokens=12, min_new_tokens=12)[0]
+    stop = free.strip()[0]
+    assert stop.isprintable() and len(free) > 4
+    stopped = model.generate_from_text(questions[:1], documents[:1], max_new_tokens=12, stop_strings=[stop])[0]
+    assert stop in stopped and len(stopped) < len(free)
+    assert free.startswith(stopped)
+
+
+def test_memory_is_written_into_the_placeholders():
+    model = make_scaledown()
+    mem = [model.config.memory_token_id] * 4
+    inputs = build_generator_inputs(model.tokenizer, model.config, ["q?"], [[mem]])
+    memory = torch.randn(1, 4, model.generator.config.hidden_size)
+    embeds = model._merge_memory(inputs["input_ids"], memory)
+    slots = inputs["input_ids"][0] == model.config.memory_token_id
+    assert torch.equal(embeds[0][slots], memory[0])
+    plain = model.get_input_embeddings()(inputs["input_ids"])
+    assert torch.equal(embeds[0][~slots], plain[0][~slots])
+
+
+def test_placeholder_count_mismatch_is_a_value_error():
+    model = make_scaledown()
+    mem = [model.config.memory_token_id] * 4
+    inputs = build_generator_inputs(model.tokenizer, model.config, ["q?"], [[mem, mem]])
+    with pytest.raises(ValueError, match="placeholders"):
+        model(**inputs, memory_embeddings=torch.randn(1, 4, model.generator.config.hidden_size))
+    with pytest.raises(ValueError, match="compressed\\[0\\]"):
+        model.generate_from_compressed(["q?"], [torch.randn(2, 3, model.generator.config.hidden_size)])
+    with pytest.raises(ValueError, match="compressed document sets"):
+        model.generate_from_compressed(["q?", "r?"], [torch.randn(2, 4, model.generator.config.hidden_size)])
+
+
+@pytest.mark.parametrize(
+    "questions, documents, message",
+    [
+        (["q?"], [["a"], ["b"]], "same length"),
+        ([], [], "empty"),
+        (["q?"], [["a", 3]], "documents\\[0\\]\\[1\\] must be a string"),
+        (["q?"], ["a single string"], "documents\\[0\\] must be a list"),
+        ("q?", [["a"]], "questions"),
+        ([None], [["a"]], "questions\\[0\\]"),
+    ],
+)
+def test_bad_input_is_a_value_error(questions, documents, message):
+    model = make_scaledown()
+    with pytest.raises(ValueError, match=message):
+        model.generate_from_text(questions, documents)
+    with pytest.raises(ValueError, match=message):
+        model.compress_documents(questions, documents)
+
+
+def test_zero_documents_everywhere_answers_from_the_question():
+    model = make_scaledown()
+    answers = model.generate_from_text(["Who wrote Hamlet?", "Where?"], [[], []], max_new_tokens=3)
+    assert len(answers) == 2
+
+
+def test_from_generator_keeps_generator_weights_and_starts_as_the_generator():
+    """Wrapping neither re-initialises the generator nor changes its function: LoRA B starts at zero."""
+    generator, tokenizer = make_generator("llama")
+    reference = copy.deepcopy(generator)
+    model = ScaleDownForCausalLM.from_generator(
+        generator, tokenizer, num_compressor_layers=2, num_memory_tokens=4, doc_max_length=32
+    )
+    vocab = reference.get_input_embeddings().weight.shape[0]
+    assert torch.equal(model.get_input_embeddings().weight[:vocab], reference.get_input_embeddings().weight)
+    ids = torch.tensor([tokenizer("The Eiffel Tower is in Paris")["input_ids"]])
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+        got = model(input_ids=ids).logits[..., :vocab]
+    assert (expected - got).abs().max() <= 1e-5
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all((p == 0).all() for p in lora_b)
+    # The N-layers compressor is a separate copy of the generator's first layers.
+    base = model.generator.model
+    assert torch.equal(model.compressor.layers[1].mlp.up_proj.weight, base.layers[1].mlp.up_proj.base_layer.weight)
+    assert (
+        model.compressor.layers[1].mlp.up_proj.weight.data_ptr()
+        != base.layers[1].mlp.up_proj.base_layer.weight.data_ptr()
+    )
+    assert len(model.compressor.layers) == 2 and isinstance(model.compressor.norm, torch.nn.Identity)
+    assert tokenizer.convert_tokens_to_ids("<MEM>") == tokenizer.unk_token_id  # the caller's tokenizer is untouched
+
+
+def test_keep_final_norm_option():
+    model = make_scaledown(compressor_keep_final_norm=True)
+    assert not isinstance(model.compressor.norm, torch.nn.Identity)
+    assert torch.equal(model.compressor.norm.weight, model.generator.model.norm.weight)
+
+
+def test_gradients_reach_trainable_parts_and_frozen_weights_stay(variant, rag_batch):
+    model = build(variant, enable_reranking=True, lora_dropout=0.0)
+    questions, documents = rag_batch
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    batch = build_generator_inputs(
+        model.tokenizer,
+        model.config,
+        questions,
+        [[mem] * len(d) for d in documents],
+        answers=["Paris", "Shakespeare", "Berlin"],
+        padding_side="right",
+    )
+    batch.update(build_compressor_inputs(model.compressor_tokenizer, model.config, questions, documents))
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen_before and trainable_before
+    assert all("lora_" in n for n in trainable_before if n.startswith("generator."))
+    model.train()
+    out = model(**batch)
+    assert isinstance(out, ScaleDownCausalLMOutput) and out.loss.ndim == 0
+    loss = out.loss + out.rerank_scores.pow(2).mean()
+    loss.backward()
+    # LoRA B starts at zero, so LoRA A's first gradient is zero too: B (and everything else) must get a signal.
+    groups = {"compressor": False, "lora_B": False, "rerank_head": False, "projection": False}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None, name
+            for key in groups:
+                if key in name and param.grad.abs().sum() > 0:
+                    groups[key] = True
+        else:
+            assert param.grad is None, name
+    if model.projection is None:
+        groups.pop("projection")
+    assert all(groups.values()), groups
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    for name, param in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(param, frozen_before[name]), name
+    assert any(not torch.equal(p, trainable_before[n]) for n, p in model.named_parameters() if n in trainable_before)
+
+
+def test_use_lora_false_freezes_the_generator():
+    model = make_scaledown(use_lora=False)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert not any(p.requires_grad for p in model.generator.parameters())
+    assert all(p.requires_grad for p in model.compressor.parameters())
+
+
+def test_missing_peft_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setattr(modeling, "is_peft_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install peft"):
+        make_scaledown()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(rag_batch):
+    grads = []
+    for checkpointing in (False, True):
+        model = make_scaledown(lora_dropout=0.0)
+        questions, documents = rag_batch
+        mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+        batch = build_generator_inputs(
+            model.tokenizer,
+            model.config,
+            questions,
+            [[mem] * len(d) for d in documents],
+            answers=["a", "b", "c"],
+            padding_side="right",
+        )
+        batch.update(build_compressor_inputs(model.compressor_tokenizer, model.config, questions, documents))
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.generator.model.gradient_checkpointing and model.compressor.gradient_checkpointing
+        model.train()
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_save_and_reload_is_bit_identical(variant, tmp_path, rag_batch):
+    model = build(variant, enable_reranking=True)
+    with torch.no_grad():  # trained-looking adapters, so that they must be saved to round-trip
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and "config.json" in files
+    assert "configuration_scaledown.py" in files and "modeling_scaledown.py" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert ("compressor_tokenizer" in files) == (model.config.compressor_type != "n_layers")
+    loaded = ScaleDownForCausalLM.from_pretrained(tmp_path)
+    assert not loaded.training
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == [
+        n for n, p in model.named_parameters() if p.requires_grad
+    ]
+    questions, documents = rag_batch
+    before, after = model.compress_documents(questions, documents), loaded.compress_documents(questions, documents)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    assert model.generate_from_text(questions, documents, max_new_tokens=6) == loaded.generate_from_text(
+        questions, documents, max_new_tokens=6
+    )
+    assert loaded.generation_config.max_new_tokens == model.generation_config.max_new_tokens
+
+
+def test_auto_classes_load_the_model_in_process(tmp_path):
+    model = make_scaledown()
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), ScaleDownForCausalLM)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), ScaleDownForCausalLM)
+
+
+def test_pickle_serialisation_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="safetensors"):
+        make_scaledown().save_pretrained(tmp_path, safe_serialization=False)
+
+
+def test_dtype_on_load(tmp_path, rag_batch):
+    make_scaledown("llama", "encoder").save_pretrained(tmp_path)
+    model = ScaleDownForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.generator.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.compressor.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    assert model.projection[0].weight.dtype == torch.bfloat16
+    answers = model.generate_from_text(*rag_batch, max_new_tokens=3)
+    assert len(answers) == 3
+    compressed = model.compress_documents(*rag_batch)
+    assert compressed[0].dtype == torch.bfloat16
+
+
+def test_to_moves_everything(rag_batch):
+    model = make_scaledown().to(torch.float64)
+    compressed = model.compress_documents(*rag_batch)
+    assert compressed[0].dtype == torch.float64
+    assert len(model.generate_from_compressed(rag_batch[0], compressed, max_new_tokens=2)) == 3
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    model = make_scaledown()
+    model.tokenizer = None
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.generate_from_text(["q?"], [["d"]])
+
+
+def test_encoder_compressor_drops_the_unused_pooler():
+    model = make_scaledown("llama", "encoder", encoder="bert")
+    assert model.compressor.pooler is None
+    encoder, _ = make_encoder("bert")
+    assert encoder.pooler is not None
+
+
+def test_remote_code_files_import_only_torch_transformers_and_peft():
+    package = pathlib.Path(modeling.__file__).parent
+    for name in ("modeling_scaledown.py", "configuration_scaledown.py"):
+        tree = ast.parse((package / name).read_text())
+        roots = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots.add(node.module.split(".")[0])
+        assert roots <= {"torch", "transformers", "peft", "copy", "os", "dataclasses", "collections", "typing"}, roots
+        top_level_peft = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.ImportFrom)
+            and (n.module or "").startswith("peft")
+            or isinstance(n, ast.Import)
+            and any(a.name.startswith("peft") for a in n.names)
+        ]
+        assert not top_level_peft, "peft must be imported lazily"
+
+
+def test_hard_coded_devices_are_absent():
+    source = pathlib.Path(modeling.__file__).read_text()
+    assert ".cuda(" not in source and '"cuda"' not in source and "'cuda'" not in source
+    assert os.path.basename(modeling.__file__) == "modeling_scaledown.py"
