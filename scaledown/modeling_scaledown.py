@@ -207,6 +207,7 @@ def build_generator_inputs(
     answers: list[str] | None = None,
     padding_side: str = "left",
     pad_to_length: int | None = None,
+    max_answer_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch of generator prompts (and, with `answers`, training labels).
 
@@ -216,6 +217,8 @@ def build_generator_inputs(
         answers: target answers; appended after the prompt with the tokenizer's EOS token. `labels` copy the answer
             tokens and mask prompt, memory slots and padding with -100.
         padding_side: `"left"` for generation, `"right"` for training.
+        pad_to_length: pad every row to this length (fixed shapes, e.g. for XLA) instead of the longest row.
+        max_answer_length: truncate answers to this many tokens (before the EOS token).
 
     Returns:
         `dict` with `input_ids`, `attention_mask` (and `labels`), each `(batch_size, length)`.
@@ -228,7 +231,7 @@ def build_generator_inputs(
         ids, mask = _pad(prompts, pad_id, padding_side, pad_to_length)
         return {"input_ids": ids, "attention_mask": mask}
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    answer_ids = [a + eos for a in _encode(tokenizer, list(answers))]
+    answer_ids = [a + eos for a in _encode(tokenizer, list(answers), max_answer_length)]
     sequences = [p + a for p, a in zip(prompts, answer_ids)]
     targets = [[-100] * len(p) + a for p, a in zip(prompts, answer_ids)]
     ids, mask = _pad(sequences, pad_id, padding_side, pad_to_length)

@@ -1,0 +1,89 @@
+"""`ScaleDownTrainingArguments`: `TrainingArguments` with OSCAR's recipe as defaults."""
+
+from dataclasses import dataclass, field, fields
+
+from transformers import TrainingArguments
+
+
+_PARENT_FIELDS = {f.name for f in fields(TrainingArguments)}
+
+
+@dataclass
+class ScaleDownTrainingArguments(TrainingArguments):
+    """
+    Training arguments of [`ScaleDownTrainer`]. Defaults follow OSCAR: AdamW, linear schedule, warmup 5%, weight decay
+    0.1, max grad norm 1.0, one epoch, 5 documents per query. The learning rates of the generator's LoRA adapters and
+    of the compressor (+ projection + reranking head) come from the model's configuration (1e-4; 5e-5 for an N-layers
+    compressor) unless given here; `learning_rate` itself is then unused.
+    """
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "Fallback learning rate (see the per-module ones)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training set."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with a linear warmup."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (AdamW in OSCAR)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every dataset column: the collator needs question, documents, answer."}
+    )
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluation returns the distillation loss only (use `scaledown evaluate`)."}
+    )
+    report_to: str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none by default)."})
+    learning_rate_generator: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the generator's LoRA adapters (default: model config, 1e-4)."},
+    )
+    learning_rate_compressor: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of compressor, projection and reranking head (default: model config; 5e-5 for an "
+            "N-layers compressor, 1e-4 otherwise)."
+        },
+    )
+    reranking_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the reranking MSE (default: model config, 0.05)."}
+    )
+    kl_weight: float = field(
+        default=0.0, metadata={"help": "Weight of a token-level KL to teacher logits, when batches carry them."}
+    )
+    kl_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the KL term."})
+    answer_field: str = field(
+        default="teacher_answer",
+        metadata={"help": "Dataset column with the target answer (teacher_answer, gold_answers)."},
+    )
+    num_train_documents: int = field(default=5, metadata={"help": "Top documents per query used in training."})
+    max_answer_length: int = field(default=128, metadata={"help": "Answer tokens kept as targets."})
+    pad_to_fixed_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to fixed shapes (XLA / Trainium: one compiled graph)."}
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Generator prompt + answer length when padding to fixed shapes."}
+    )
+
+    def __post_init__(self):
+        for name in ("learning_rate_generator", "learning_rate_compressor"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be positive, got {value}.")
+        if self.reranking_loss_weight is not None and self.reranking_loss_weight < 0:
+            raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
+        if self.kl_weight < 0:
+            raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+        if self.kl_temperature <= 0:
+            raise ValueError(f"`kl_temperature` must be positive, got {self.kl_temperature}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}.")
+        if self.num_train_documents < 1:
+            raise ValueError(f"`num_train_documents` must be >= 1, got {self.num_train_documents}.")
+        if self.max_answer_length < 1:
+            raise ValueError(f"`max_answer_length` must be >= 1, got {self.max_answer_length}.")
+        if self.pad_to_fixed_length and not self.max_prompt_length:
+            raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`.")
+        if self.remove_unused_columns:
+            raise ValueError("`remove_unused_columns` must stay False: the collator reads raw text columns.")
+        if "warmup_ratio" not in _PARENT_FIELDS and not self.warmup_steps:
+            # transformers 5 folds the ratio into `warmup_steps` (a float below 1 is a ratio).
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()

@@ -1,0 +1,249 @@
+"""`scaledown label`: teacher answers and teacher relevance scores for a prepared dataset.
+
+* Answers: a teacher causal LM (by default the base generator: self-distillation) reads the raw retrieved documents
+  with the very prompt the compressed model sees, and answers greedily.
+* Relevance: a cross-encoder (`AutoModelForSequenceClassification`) when one is given; otherwise, offline, the
+  teacher LLM's log-odds of answering "Yes" rather than "No" to "Does the document answer the question?".
+
+Labelling is resumable: every finished batch is appended (and fsync'ed) to `<output>.partial/<split>.jsonl`, keyed by
+row index. A run killed at any moment (even `kill -9`) and restarted skips what is done, drops a torn last line, and
+ends with every row labelled exactly once; the final dataset is written atomically.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers.utils import logging
+
+from ..configuration_scaledown import ScaleDownConfig
+from ..modeling_scaledown import build_generator_inputs
+from .data import save_dataset_atomically
+
+
+logger = logging.get_logger(__name__)
+
+RELEVANCE_QUESTION = "Does the document answer the question? Answer Yes or No."
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _document_ids(tokenizer, documents: list[str], doc_max_length: int) -> list[list[int]]:
+    if not documents:
+        return []
+    return tokenizer(documents, add_special_tokens=False, truncation=True, max_length=doc_max_length)["input_ids"]
+
+
+@torch.no_grad()
+def teacher_answers(
+    model, tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], max_new_tokens=128
+) -> list[str]:
+    """Greedy answers of `model` reading the raw documents (truncated to `config.doc_max_length` tokens) in the same
+    chat prompt as the compressed model."""
+    segments = [_document_ids(tokenizer, docs, config.doc_max_length) for docs in documents]
+    inputs = build_generator_inputs(tokenizer, config, questions, segments, padding_side="left")
+    device = _device_of(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = model.generate(
+        input_ids=inputs["input_ids"].to(device),
+        attention_mask=inputs["attention_mask"].to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_id,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _yes_no_ids(tokenizer) -> tuple[int, int]:
+    ids = []
+    for word in ("Yes", "No"):
+        tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ValueError(f"The teacher tokenizer cannot encode {word!r}.")
+        ids.append(tokens[0])
+    return ids[0], ids[1]
+
+
+@torch.no_grad()
+def llm_relevance_scores(
+    model, tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]
+) -> list[list[float]]:
+    """Per question, per document: log p("Yes") - log p("No") of the teacher LLM asked whether the document answers
+    the question (a relevance logit, like a cross-encoder's)."""
+    yes, no = _yes_no_ids(tokenizer)
+    pairs = [(q, d) for q, docs in zip(questions, documents) for d in docs]
+    if not pairs:
+        return [[] for _ in questions]
+    prompts = [f"{q}\n\n{RELEVANCE_QUESTION}" for q, _ in pairs]
+    segments = [[ids] for ids in _document_ids(tokenizer, [d for _, d in pairs], config.doc_max_length)]
+    inputs = build_generator_inputs(tokenizer, config, prompts, segments, padding_side="left")
+    device = _device_of(model)
+    logits = (
+        model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device))
+        .logits[:, -1]
+        .float()
+    )
+    flat = (logits[:, yes] - logits[:, no]).tolist()
+    counts = [len(docs) for docs in documents]
+    out, start = [], 0
+    for count in counts:
+        out.append(flat[start : start + count])
+        start += count
+    return out
+
+
+@torch.no_grad()
+def cross_encoder_scores(model, tokenizer, questions: list[str], documents: list[list[str]]) -> list[list[float]]:
+    """Per question, per document: the cross-encoder's relevance logit (the positive-minus-negative logit for a
+    two-label head)."""
+    pairs = [(q, d) for q, docs in zip(questions, documents) for d in docs]
+    if not pairs:
+        return [[] for _ in questions]
+    encoded = tokenizer(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        padding=True,
+        truncation=True,
+        max_length=512,
+        return_tensors="pt",
+    ).to(_device_of(model))
+    logits = model(**encoded).logits.float()
+    flat = (logits[:, -1] - logits[:, 0] if logits.shape[-1] > 1 else logits[:, 0]).tolist()
+    out, start = [], 0
+    for docs in documents:
+        out.append(flat[start : start + len(docs)])
+        start += len(docs)
+    return out
+
+
+class LabelJournal:
+    """Append-only JSONL of finished rows, robust to a kill at any byte."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[int, dict] = {}
+        if path.exists():
+            self._recover()
+
+    def _recover(self):
+        data = self.path.read_bytes()
+        good_end = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn last write
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.done[int(record["index"])] = record
+            good_end += len(line)
+        if good_end != len(data):
+            logger.warning(f"{self.path}: dropping a torn record at byte {good_end} (interrupted run).")
+            with self.path.open("r+b") as handle:
+                handle.truncate(good_end)
+
+    def append(self, records: list[dict]):
+        fresh = [r for r in records if r["index"] not in self.done]
+        if not fresh:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            for record in fresh:
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        for record in fresh:
+            self.done[record["index"]] = record
+
+
+def label_dataset(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    teacher,
+    teacher_tokenizer=None,
+    config: ScaleDownConfig | None = None,
+    cross_encoder=None,
+    cross_encoder_tokenizer=None,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    splits: list[str] | None = None,
+    with_answers: bool = True,
+    with_scores: bool = True,
+    teacher_kwargs: dict | None = None,
+):
+    """Add `teacher_answer` and `teacher_scores` columns to the prepared dataset in `dataset_dir` and save it to
+    `output_dir`. `teacher` / `cross_encoder`: a loaded model or a hub id / folder. Resumable (see module doc)."""
+    from datasets import DatasetDict, load_from_disk
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = config or ScaleDownConfig()
+    if isinstance(teacher, (str, os.PathLike)):
+        teacher_tokenizer = teacher_tokenizer or AutoTokenizer.from_pretrained(str(teacher))
+        teacher = AutoModelForCausalLM.from_pretrained(str(teacher), **(teacher_kwargs or {}))
+    if teacher_tokenizer is None:
+        raise ValueError("`teacher_tokenizer` is required when `teacher` is a loaded model.")
+    if teacher_tokenizer.pad_token is None:
+        teacher_tokenizer.pad_token = teacher_tokenizer.eos_token
+    if isinstance(cross_encoder, (str, os.PathLike)):
+        cross_encoder_tokenizer = cross_encoder_tokenizer or AutoTokenizer.from_pretrained(str(cross_encoder))
+        cross_encoder = AutoModelForSequenceClassification.from_pretrained(str(cross_encoder)).eval()
+    teacher.eval()
+
+    dataset = load_from_disk(str(dataset_dir))
+    if not isinstance(dataset, DatasetDict):
+        dataset = DatasetDict({"train": dataset})
+    output_dir = Path(output_dir)
+    journal_dir = output_dir.parent / f".{output_dir.name}.partial"
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    labelled = {}
+    for split in splits or list(dataset):
+        rows = dataset[split]
+        journal = LabelJournal(journal_dir / f"{split}.jsonl")
+        todo = [i for i in range(len(rows)) if i not in journal.done]
+        progress = logging.tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"label {split}", unit="q")
+        for start in range(0, len(todo), batch_size):
+            index = todo[start : start + batch_size]
+            batch = rows.select(index)
+            questions, documents = list(batch["question"]), [list(d) for d in batch["documents"]]
+            answers = (
+                teacher_answers(teacher, teacher_tokenizer, config, questions, documents, max_new_tokens)
+                if (with_answers)
+                else [None] * len(index)
+            )
+            if not with_scores:
+                scores = [None] * len(index)
+            elif cross_encoder is not None:
+                scores = cross_encoder_scores(cross_encoder, cross_encoder_tokenizer, questions, documents)
+            else:
+                scores = llm_relevance_scores(teacher, teacher_tokenizer, config, questions, documents)
+            journal.append(
+                [{"index": i, "teacher_answer": a, "teacher_scores": s} for i, a, s in zip(index, answers, scores)]
+            )
+            progress.update(len(index))
+        progress.close()
+        missing = [i for i in range(len(rows)) if i not in journal.done]
+        if missing:
+            raise RuntimeError(f"Split {split}: rows {missing[:5]} were not labelled.")
+        records = [journal.done[i] for i in range(len(rows))]
+        if with_answers:
+            rows = _replace_column(rows, "teacher_answer", [r["teacher_answer"] for r in records])
+        if with_scores:
+            rows = _replace_column(rows, "teacher_scores", [r["teacher_scores"] for r in records])
+        labelled[split] = rows
+    for split in dataset:
+        labelled.setdefault(split, dataset[split])
+    result = DatasetDict(labelled)
+    save_dataset_atomically(result, output_dir)
+    shutil.rmtree(journal_dir, ignore_errors=True)
+    return result
+
+
+def _replace_column(dataset, name: str, values: list):
+    if name in dataset.column_names:
+        dataset = dataset.remove_columns(name)
+    return dataset.add_column(name, values)

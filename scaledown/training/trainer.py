@@ -1,0 +1,140 @@
+"""`ScaleDownTrainer`: `transformers.Trainer` with OSCAR's distillation loss and per-module learning rates."""
+
+from collections import defaultdict
+
+from transformers import Trainer
+from transformers.utils import logging
+
+from .arguments import ScaleDownTrainingArguments
+from .collator import ScaleDownDataCollator
+from .losses import distillation_loss
+
+
+logger = logging.get_logger(__name__)
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "compressor_input_ids", "compressor_attention_mask")
+
+
+def unwrap(model):
+    """The ScaleDown model under DDP / accelerate wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def parameter_groups(model, decay_names, weight_decay: float, lr_generator=None, lr_compressor=None) -> list[dict]:
+    """AdamW parameter groups: generator LoRA adapters at `lr_generator`, compressor + projection + reranking head at
+    `lr_compressor` (defaults: the model config's), each split into decayed / non-decayed (biases, norms)."""
+    config = unwrap(model).config
+    lr_generator = lr_generator or config.learning_rate_generator
+    lr_compressor = lr_compressor or config.compressor_learning_rate
+    buckets = defaultdict(list)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        module = "generator" if ".generator." in f".{name}" else "compressor"
+        buckets[(module, name in decay_names)].append(param)
+    groups = []
+    for (module, decay), params in sorted(buckets.items()):
+        groups.append(
+            {
+                "params": params,
+                "lr": lr_generator if module == "generator" else lr_compressor,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{module}{'' if decay else '_no_decay'}",
+            }
+        )
+    return groups
+
+
+class ScaleDownTrainer(Trainer):
+    """Trains a [`ScaleDownForCausalLM`] by sentence-level distillation (OSCAR).
+
+    The loss is [`~scaledown.training.losses.distillation_loss`]: cross-entropy on the teacher's answer +
+    `reranking_loss_weight` x MSE of the relevance scores against the teacher's (+ an optional KL to teacher logits).
+    Its terms are logged as `ce`, `rerank_mse` and `kl`. The data collator defaults to [`ScaleDownDataCollator`] built
+    from the model's tokenizers and the arguments.
+    """
+
+    # `compute_loss` returns a loss already scaled for gradient accumulation (see `distillation_loss`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model=None, args: ScaleDownTrainingArguments | None = None, data_collator=None, **kwargs):
+        if args is None:
+            args = ScaleDownTrainingArguments(output_dir="scaledown_output")
+        if data_collator is None and model is not None:
+            data_collator = ScaleDownDataCollator.from_model(
+                model,
+                answer_field=getattr(args, "answer_field", "teacher_answer"),
+                max_documents=getattr(args, "num_train_documents", 5),
+                max_answer_length=getattr(args, "max_answer_length", 128),
+                pad_to_fixed_length=getattr(args, "pad_to_fixed_length", False),
+                max_prompt_length=getattr(args, "max_prompt_length", None),
+            )
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        # Make the Trainer count the label tokens of each accumulated batch (`num_items_in_batch`) and leave our loss
+        # unscaled: both transformers 4.57 and 5 read this flag.
+        self.model_accepts_loss_kwargs = True
+        self._loss_terms = defaultdict(list)
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None:
+            model = self.model
+            groups = parameter_groups(
+                model,
+                set(self.get_decay_parameter_names(model)),
+                self.args.weight_decay,
+                getattr(self.args, "learning_rate_generator", None),
+                getattr(self.args, "learning_rate_compressor", None),
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _num_processes(self) -> int:
+        return max(int(getattr(self.accelerator, "num_processes", 1) or 1), 1)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        teacher_scores = inputs.get("teacher_scores")
+        teacher_logits = inputs.get("teacher_logits")
+        outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS if k in inputs})
+        config = unwrap(model).config
+        weight = (
+            self.args.reranking_loss_weight
+            if getattr(self.args, "reranking_loss_weight", None) is not None
+            else (config.reranking_loss_weight)
+        )
+        steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
+            # The token count is gathered over processes while DDP averages gradients: scale the token terms back up.
+            num_items_in_batch = num_items_in_batch / self._num_processes()
+        loss, terms = distillation_loss(
+            outputs.logits,
+            labels,
+            rerank_scores=outputs.rerank_scores,
+            teacher_scores=teacher_scores,
+            reranking_loss_weight=weight,
+            teacher_logits=teacher_logits,
+            kl_weight=getattr(self.args, "kl_weight", 0.0),
+            kl_temperature=getattr(self.args, "kl_temperature", 1.0),
+            num_items_in_batch=num_items_in_batch,
+            num_accumulation_steps=steps if model.training else 1,
+        )
+        prefix = "" if model.training else "eval_"
+        for key, value in terms.items():
+            self._loss_terms[prefix + key].append(float(value))
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        training_log = "loss" in logs
+        evaluation_log = any(k.startswith("eval_") for k in logs)
+        for key in list(self._loss_terms):
+            values = self._loss_terms[key]
+            if values and (
+                (training_log and not key.startswith("eval_")) or (evaluation_log and key.startswith("eval_"))
+            ):
+                logs[key] = round(sum(values) / len(values), 4)
+                values.clear()
+        super().log(logs, *args, **kwargs)
