@@ -133,37 +133,58 @@ def _encode(tokenizer, texts: list[str], max_length: int | None = None) -> list[
     return tokenizer(list(texts), add_special_tokens=False, **kwargs)["input_ids"]
 
 
-def build_compressor_inputs(
-    tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], pad_to_length=None
-) -> dict[str, torch.Tensor]:
-    """Tokenize every (question, document) pair as `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`.
-
-    The query is truncated to `config.query_max_length` tokens and each document to `config.doc_max_length` tokens.
-    Rows are right-padded (to `pad_to_length` when given, for fixed shapes), question-major in document order.
-
-    Returns:
-        `dict` with `compressor_input_ids` and `compressor_attention_mask`, both `(num_pairs, length)`.
-    """
+def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
+    """Token ids of every (question, document) pair, `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`,
+    question-major in document order. The query is truncated to `config.query_max_length` tokens and each document
+    to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token when it has one."""
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     start = [] if start is None else [start]
     suffix = list(config.compressor_memory_token_ids)
     if config.enable_reranking:
         suffix.append(config.rerank_token_id)
     query_ids = _encode(tokenizer, questions, config.query_max_length)
-    flat_docs = [doc for docs in documents for doc in docs]
-    doc_ids = iter(_encode(tokenizer, flat_docs, config.doc_max_length))
+    doc_ids = iter(_encode(tokenizer, [doc for docs in documents for doc in docs], config.doc_max_length))
     rows = []
     for query, docs in zip(query_ids, documents):
         prefix = start + query + [config.document_separator_token_id]
         rows.extend(prefix + next(doc_ids) + suffix for _ in docs)
-    length = pad_to_length
-    if not rows:
-        length = length or len(start) + len(suffix) + 1
+    return rows
+
+
+def max_compressor_length(tokenizer, config: ScaleDownConfig) -> int:
+    """The longest possible compressor row: the fixed length under which every batch has the same shape."""
+    start = int(tokenizer.cls_token_id is not None or tokenizer.bos_token_id is not None)
+    return (
+        start
+        + config.query_max_length
+        + 1
+        + config.doc_max_length
+        + config.num_memory_tokens
+        + config.enable_reranking
+    )
+
+
+def _pad_compressor_rows(
+    tokenizer, rows: list[list[int]], pad_to_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    length = pad_to_length or (None if rows else 1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = _pad(rows, pad_id, "right", length)
     if not rows:
         ids, mask = ids.view(0, length), mask.view(0, length)
     return {"compressor_input_ids": ids, "compressor_attention_mask": mask}
+
+
+def build_compressor_inputs(
+    tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], pad_to_length=None
+) -> dict[str, torch.Tensor]:
+    """Tokenize every (question, document) pair (see [`compressor_rows`]) and right-pad the rows to the longest one,
+    or to `pad_to_length` for fixed shapes (e.g. [`max_compressor_length`]).
+
+    Returns:
+        `dict` with `compressor_input_ids` and `compressor_attention_mask`, both `(num_pairs, length)`.
+    """
+    return _pad_compressor_rows(tokenizer, compressor_rows(tokenizer, config, questions, documents), pad_to_length)
 
 
 def _render_prompt(tokenizer, system_prompt: str, question: str, with_background: bool) -> tuple[str, str]:
@@ -589,7 +610,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def compress_documents(
-        self, questions: list[str], documents: list[list[str]], batch_size: int | None = None
+        self, questions: list[str], documents: list[list[str]], batch_size: int | None = None, bucket_size: int = 32
     ) -> CompressedDocuments:
         r"""
         Compress the retrieved documents of each question.
@@ -601,6 +622,8 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             questions (`list[str]`): the queries.
             documents (`list[list[str]]`): per question, its documents (any number, zero included).
             batch_size (`int`, *optional*): (question, document) pairs per compressor call; all at once by default.
+            bucket_size (`int`, *optional*, defaults to 32): rows are padded to a multiple of this length (at most the
+                longest possible row) and grouped by it, which makes results independent of the batch.
 
         Returns:
             [`CompressedDocuments`]: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`,
@@ -608,20 +631,33 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         validate_rag_inputs(questions, documents)
         self._check_tokenizers()
-        pairs = [(i, doc) for i, docs in enumerate(documents) for doc in docs]
-        batch_size = batch_size or max(len(pairs), 1)
+        rows = compressor_rows(self.compressor_tokenizer, self.config, list(questions), documents)
+        # Batch invariance: a row's result must not depend on its neighbours. Rows are padded to their own length
+        # bucket (a multiple of `bucket_size`) and only rows of one bucket share a forward pass, so every row always
+        # meets the same shape, whatever the batch.
+        limit = max_compressor_length(self.compressor_tokenizer, self.config)
+        buckets: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            buckets.setdefault(min(-(-len(row) // bucket_size) * bucket_size, limit), []).append(index)
+        batch_size = batch_size or max(len(rows), 1)
         device = next(self.compressor.parameters()).device
-        memories, scores = [], []
-        for start in range(0, max(len(pairs), 1), batch_size):
-            chunk = pairs[start : start + batch_size]
-            chunk_questions = [questions[i] for i, _ in chunk]
-            inputs = build_compressor_inputs(
-                self.compressor_tokenizer, self.config, chunk_questions, [[doc] for _, doc in chunk]
-            )
-            out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
-            memories.append(out.memory_embeddings)
-            if out.rerank_scores is not None:
-                scores.append(out.rerank_scores)
+        memory_rows: list[torch.Tensor | None] = [None] * len(rows)
+        score_rows: list[torch.Tensor | None] = [None] * len(rows)
+        for length, indices in sorted(buckets.items()):
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                inputs = _pad_compressor_rows(self.compressor_tokenizer, [rows[i] for i in chunk], length)
+                out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
+                for position, index in enumerate(chunk):
+                    memory_rows[index] = out.memory_embeddings[position]
+                    if out.rerank_scores is not None:
+                        score_rows[index] = out.rerank_scores[position]
+        if not rows:
+            empty = self.compress(**_pad_compressor_rows(self.compressor_tokenizer, [], 1))
+            memories, scores = [empty.memory_embeddings], [empty.rerank_scores] if self.config.enable_reranking else []
+        else:
+            memories = [torch.stack(memory_rows)]
+            scores = [torch.stack(score_rows)] if self.config.enable_reranking else []
         counts = [len(docs) for docs in documents]
         memory = torch.cat(memories).split(counts)
         rerank = torch.cat(scores).split(counts) if self.config.enable_reranking else None
@@ -833,6 +869,8 @@ __all__ = [
     "ScaleDownPreTrainedModel",
     "build_compressor_inputs",
     "build_generator_inputs",
+    "compressor_rows",
+    "max_compressor_length",
     "build_generator_prompt",
     "validate_rag_inputs",
 ]

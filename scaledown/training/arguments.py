@@ -30,7 +30,6 @@ class ScaleDownTrainingArguments(TrainingArguments):
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation returns the distillation loss only (use `scaledown evaluate`)."}
     )
-    report_to: str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none by default)."})
     learning_rate_generator: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the generator's LoRA adapters (default: model config, 1e-4)."},
@@ -83,6 +82,8 @@ class ScaleDownTrainingArguments(TrainingArguments):
             raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`.")
         if self.remove_unused_columns:
             raise ValueError("`remove_unused_columns` must stay False: the collator reads raw text columns.")
+        if self.report_to is None or self.report_to == "all":
+            self.report_to = "none"  # no experiment tracker unless asked for by name
         if "warmup_ratio" not in _PARENT_FIELDS and not self.warmup_steps:
             # transformers 5 folds the ratio into `warmup_steps` (a float below 1 is a ratio).
             self.warmup_steps = self.warmup_ratio

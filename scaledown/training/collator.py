@@ -1,11 +1,11 @@
-"""Data collator: dataset rows -> compressor inputs (query-dependent) + generator prompts with memory slots + labels."""
+"""Data collator: rows -> query-dependent compressor inputs + generator prompts with memory slots + labels."""
 
 from dataclasses import dataclass
 
 import torch
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs
+from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
 
 
 @dataclass
@@ -71,12 +71,7 @@ class ScaleDownDataCollator:
 
         compressor_length = None
         if self.pad_to_fixed_length:
-            start = int(
-                self.compressor_tokenizer.cls_token_id is not None
-                or self.compressor_tokenizer.bos_token_id is not None
-            )
-            compressor_length = start + config.query_max_length + 1 + config.doc_max_length + config.num_memory_tokens
-            compressor_length += int(config.enable_reranking)
+            compressor_length = max_compressor_length(self.compressor_tokenizer, config)
         batch = build_compressor_inputs(self.compressor_tokenizer, config, questions, documents, compressor_length)
         placeholders = [config.memory_token_id] * config.num_memory_tokens
         batch.update(

@@ -50,7 +50,9 @@ def read_squad(path: str | os.PathLike) -> list[QARecord]:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise DataFormatError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}")
+        raise DataFormatError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}"
+        ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise DataFormatError(f"{path}: a SQuAD file needs a top-level `data` list.")
     records = []

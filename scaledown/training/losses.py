@@ -1,12 +1,13 @@
 """The distillation loss terms, as pure functions (no trainer state), shared by every ScaleDown trainer.
 
-OSCAR trains with sentence-level distillation: cross-entropy on the answer a teacher LLM wrote from the raw documents,
-plus `reranking_loss_weight` x MSE between the model's relevance score and a teacher reranker's. An optional token-level
-KL to teacher logits is supported when those are supplied.
+OSCAR trains with sentence-level distillation: cross-entropy on the answer a teacher LLM wrote from the raw
+documents, plus `reranking_loss_weight` x MSE between the model's relevance score and a teacher reranker's. An optional
+token-level KL to teacher logits is supported when those are supplied.
 
 Normalisation under gradient accumulation: token terms are *summed* and divided by `num_items_in_batch`, the number of
 label tokens of the whole accumulated (and, under DDP, gathered) batch, so that the accumulated gradient equals the
-gradient of the per-token mean over that batch. Without `num_items_in_batch` they are per-token means of the micro-batch.
+gradient of the per-token mean over that batch. Without `num_items_in_batch` they are per-token means of the
+micro-batch.
 """
 
 import torch
@@ -92,12 +93,15 @@ def distillation_loss(
     kl_temperature: float = 1.0,
     num_items_in_batch: int | torch.Tensor | None = None,
     num_accumulation_steps: int = 1,
+    num_pairs_in_batch: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """OSCAR's objective: `CE(answer) + reranking_loss_weight * MSE(scores) (+ kl_weight * KL)`.
 
     The returned loss is already scaled for gradient accumulation over `num_accumulation_steps` micro-batches: token
     terms are divided by `num_items_in_batch` when given (see the module doc), else they are micro-batch means divided
-    by `num_accumulation_steps`; the MSE is a micro-batch mean divided by `num_accumulation_steps`.
+    by `num_accumulation_steps`; likewise the squared errors are divided by `num_pairs_in_batch` (the (query,
+    document) pairs of the accumulated batch) when given, else averaged per micro-batch and divided by
+    `num_accumulation_steps`.
 
     Returns:
         `(loss, terms)`: the scalar to back-propagate and, detached, the micro-batch means of the unweighted terms
@@ -114,7 +118,12 @@ def distillation_loss(
     terms = {"ce": ce_mean}
     if rerank_scores is not None and teacher_scores is not None and reranking_loss_weight > 0:
         mse = reranking_mse(rerank_scores, teacher_scores)
-        loss = loss + reranking_loss_weight * mse / steps
+        if num_pairs_in_batch is not None:
+            pairs = torch.as_tensor(num_pairs_in_batch).to(mse.device, mse.dtype).clamp(min=1)
+            scaled = mse * rerank_scores.numel() / pairs
+        else:
+            scaled = mse / steps
+        loss = loss + reranking_loss_weight * scaled
         terms["rerank_mse"] = mse.detach()
     if teacher_logits is not None and kl_weight > 0:
         kl = distillation_kl(logits, teacher_logits, labels, kl_temperature, num_items_in_batch)

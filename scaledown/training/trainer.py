@@ -1,7 +1,12 @@
 """`ScaleDownTrainer`: `transformers.Trainer` with OSCAR's distillation loss and per-module learning rates."""
 
+import json
+import os
+import re
 from collections import defaultdict
+from pathlib import Path
 
+import torch
 from transformers import Trainer
 from transformers.utils import logging
 
@@ -13,6 +18,26 @@ from .losses import distillation_loss
 logger = logging.get_logger(__name__)
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "compressor_input_ids", "compressor_attention_mask")
+CHECKPOINT_COMPLETE = "scaledown_checkpoint_complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` that was completely written (it holds the completion marker
+    written after weights, optimizer, scheduler, RNG and trainer state). Incomplete ones, left by a run killed while
+    saving, are renamed `checkpoint-N.incomplete` so that nothing resumes from them."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (int(m.group(1)), path) for path in folder.iterdir() if path.is_dir() and (m := _CHECKPOINT.match(path.name))
+    )
+    for _, path in reversed(found):
+        if (path / CHECKPOINT_COMPLETE).is_file():
+            return str(path)
+        logger.warning(f"{path} was not completely written (interrupted run): renamed to {path.name}.incomplete.")
+        os.replace(path, path.with_name(f"{path.name}.incomplete"))
+    return None
 
 
 def unwrap(model):
@@ -77,6 +102,33 @@ class ScaleDownTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_terms = defaultdict(list)
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *completely written* checkpoint."""
+        if resume_from_checkpoint is True or resume_from_checkpoint == "true":
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+            logger.warning(f"Resuming from {resume_from_checkpoint}.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save(self, output_dir=None, *args, **kwargs):
+        """Save as the Trainer does, but the training arguments as JSON instead of a pickle (`training_args.bin`)."""
+        super()._save(output_dir, *args, **kwargs)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        pickled = Path(output_dir) / "training_args.bin"
+        if self.args.should_save and pickled.exists():
+            pickled.unlink()
+            (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string())
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            with open(folder / CHECKPOINT_COMPLETE, "w") as handle:
+                json.dump({"global_step": self.state.global_step}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+
     def create_optimizer(self, *args, **kwargs):
         if self.optimizer is None:
             model = self.model
@@ -91,6 +143,21 @@ class ScaleDownTrainer(Trainer):
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device, *args, **kwargs):
+        """Also count the (query, document) pairs with a teacher score in the accumulated batch (gathered across
+        processes), so that the reranking MSE is normalised over the whole batch like the token terms."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(
+            epoch_iterator, num_batches, device, *args, **kwargs
+        )
+        pairs = [b["teacher_scores"].numel() for b in batch_samples if "teacher_scores" in b]
+        self._num_pairs_in_batch = None
+        if pairs:
+            total = torch.tensor(sum(pairs), device=device)
+            if self._num_processes() > 1:
+                total = self.accelerator.gather(total).sum()
+            self._num_pairs_in_batch = total
+        return batch_samples, num_items_in_batch
 
     def _num_processes(self) -> int:
         return max(int(getattr(self.accelerator, "num_processes", 1) or 1), 1)
@@ -107,9 +174,12 @@ class ScaleDownTrainer(Trainer):
             else (config.reranking_loss_weight)
         )
         steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        num_pairs = getattr(self, "_num_pairs_in_batch", None) if model.training else None
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
             # The token count is gathered over processes while DDP averages gradients: scale the token terms back up.
             num_items_in_batch = num_items_in_batch / self._num_processes()
+        if num_pairs is not None:
+            num_pairs = num_pairs / self._num_processes()  # gathered too
         loss, terms = distillation_loss(
             outputs.logits,
             labels,
@@ -121,6 +191,7 @@ class ScaleDownTrainer(Trainer):
             kl_temperature=getattr(self.args, "kl_temperature", 1.0),
             num_items_in_batch=num_items_in_batch,
             num_accumulation_steps=steps if model.training else 1,
+            num_pairs_in_batch=num_pairs,
         )
         prefix = "" if model.training else "eval_"
         for key, value in terms.items():

@@ -1,0 +1,311 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from remote_code import generate_in_fresh_process
+from safetensors.torch import load_file
+from tiny_models import make_generator, make_scaledown
+
+from scaledown import ScaleDownForCausalLM
+from scaledown.training import ScaleDownDataCollator, ScaleDownTrainer, ScaleDownTrainingArguments
+from scaledown.training.run import parse_args
+from scaledown.training.trainer import CHECKPOINT_COMPLETE, last_complete_checkpoint
+
+
+def rows(n=24):
+    answers = ["Paris is the capital.", "Shakespeare.", "It flows through Berlin, the capital of Germany."]
+    return [
+        {
+            "question": f"What is the capital of France, question {i}?",
+            "documents": ["Paris is the capital of France.", "Berlin is in Germany.", "Water boils at 100 degrees."][
+                : 1 + i % 3
+            ],
+            "teacher_answer": answers[i % 3],
+            "teacher_scores": [2.0, -1.0, -2.0][: 1 + i % 3],
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def generator_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-generator")
+    model, tokenizer = make_generator("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "labelled"
+    DatasetDict({"train": Dataset.from_list(rows()), "test": Dataset.from_list(rows(4))}).save_to_disk(str(folder))
+    return folder
+
+
+def arguments(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=8,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        learning_rate_generator=5e-3,
+        learning_rate_compressor=5e-3,
+    )
+    defaults.update(kwargs)
+    return ScaleDownTrainingArguments(**defaults)
+
+
+def test_arguments_default_to_the_paper_recipe():
+    args = ScaleDownTrainingArguments(output_dir="x", use_cpu=True)
+    assert args.weight_decay == 0.1 and args.max_grad_norm == 1.0 and args.num_train_epochs == 1
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "linear"
+    assert getattr(args.optim, "value", args.optim) == "adamw_torch"
+    assert args.warmup_ratio == 0.05 and args.remove_unused_columns is False
+    assert args.num_train_documents == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"learning_rate_generator": 0}, "learning_rate_generator"),
+        ({"reranking_loss_weight": -1}, "reranking_loss_weight"),
+        ({"kl_temperature": 0}, "kl_temperature"),
+        ({"warmup_ratio": 1.5}, "warmup_ratio"),
+        ({"num_train_documents": 0}, "num_train_documents"),
+        ({"pad_to_fixed_length": True}, "max_prompt_length"),
+        ({"remove_unused_columns": True}, "remove_unused_columns"),
+    ],
+)
+def test_arguments_range_checks(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ScaleDownTrainingArguments(output_dir="x", use_cpu=True, **kwargs)
+
+
+def test_optimizer_groups_use_the_per_module_learning_rates(tmp_path):
+    model = make_scaledown(enable_reranking=True)
+    args = arguments(tmp_path, learning_rate_generator=None, learning_rate_compressor=None)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    groups = {g["name"]: g for g in trainer.create_optimizer().param_groups}
+    assert groups["generator"]["lr"] == 1e-4 and groups["compressor"]["lr"] == 5e-5  # N-layers compressor
+    assert groups["compressor"]["weight_decay"] == 0.1 and groups["compressor_no_decay"]["weight_decay"] == 0.0
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable)
+    encoder = make_scaledown("llama", "encoder")
+    trainer = ScaleDownTrainer(model=encoder, args=args, train_dataset=Dataset.from_list(rows()))
+    assert {g["name"]: g["lr"] for g in trainer.create_optimizer().param_groups}["compressor"] == 1e-4
+
+
+def test_training_lowers_the_loss_and_leaves_frozen_weights(tmp_path):
+    model = make_scaledown(enable_reranking=True, lora_dropout=0.0)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    args = arguments(tmp_path, max_steps=20, learning_rate_generator=3e-2, learning_rate_compressor=3e-2)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs[-1]["loss"] < logs[0]["loss"] - 0.5
+    assert {"ce", "rerank_mse"} <= set(logs[0])
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    """2 x 2 accumulated == 4 at once (token-normalised CE, pair-normalised MSE), rows of different lengths and
+    document counts. Plain SGD so that the update is linear in the gradient."""
+    weights = []
+    for batch, steps in ((4, 1), (2, 2)):
+        model = make_scaledown(enable_reranking=True, lora_dropout=0.0)
+        args = arguments(
+            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=steps, max_steps=1, optim="sgd"
+        )
+        args.warmup_steps = 0
+        if hasattr(args, "warmup_ratio"):
+            args.warmup_ratio = 0.0
+        trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
+
+
+def test_gradient_checkpointing_and_evaluation(tmp_path):
+    model = make_scaledown(enable_reranking=True)
+    args = arguments(tmp_path, max_steps=2, gradient_checkpointing=True, eval_strategy="steps", eval_steps=2)
+    trainer = ScaleDownTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows()), eval_dataset=Dataset.from_list(rows(4))
+    )
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals and "eval_ce" in evals[0] and "eval_rerank_mse" in evals[0]
+
+
+def test_collator_masks_prompts_and_pads_to_fixed_shapes():
+    model = make_scaledown(enable_reranking=True)
+    collator = ScaleDownDataCollator.from_model(
+        model, max_documents=2, pad_to_fixed_length=True, max_prompt_length=256
+    )
+    batch_rows = [dict(r, documents=["Paris.", "Berlin."], teacher_scores=[1.0, 0.0]) for r in rows(3)]
+    first, second = collator(batch_rows[:1]), collator(batch_rows)
+    assert first["input_ids"].shape[1] == second["input_ids"].shape[1] == 256
+    assert first["compressor_input_ids"].shape[1] == second["compressor_input_ids"].shape[1]
+    assert second["teacher_scores"].tolist() == [1.0, 0.0] * 3
+    labels = second["labels"]
+    assert (labels[second["input_ids"] == model.config.memory_token_id] == -100).all()
+    assert (labels[second["attention_mask"] == 0] == -100).all()
+    with pytest.raises(ValueError, match="exactly 2 documents"):
+        collator([dict(batch_rows[0], documents=["only one"])])
+    with pytest.raises(ValueError, match="teacher_answer"):
+        ScaleDownDataCollator.from_model(model)([{"question": "q", "documents": []}])
+
+
+def test_incomplete_checkpoints_are_never_resumed(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / CHECKPOINT_COMPLETE).write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no marker
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert (tmp_path / "checkpoint-4.incomplete").is_dir() and not (tmp_path / "checkpoint-4").exists()
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def write_config(tmp_path, generator_folder, dataset_folder, output, **extra):
+    config = {
+        "generator": str(generator_folder),
+        "num_compressor_layers": 2,
+        "doc_max_length": 32,
+        "compression_rate": 8,
+        "query_max_length": 16,
+        "enable_reranking": True,
+        "lora_dropout": 0.0,
+        "dataset_dir": str(dataset_folder),
+        "output_dir": str(output),
+        "per_device_train_batch_size": 2,
+        "max_steps": 8,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "seed": 0,
+        "learning_rate_generator": 1e-3,
+        "learning_rate_compressor": 1e-3,
+    }
+    config.update(extra)
+    path = tmp_path / f"{output.name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_cli(*args, env=None, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "scaledown.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+        **kwargs,
+    )
+
+
+def test_cli_parses_json_and_yaml_with_overrides(tmp_path, generator_folder, dataset_folder):
+    path = write_config(tmp_path, generator_folder, dataset_folder, tmp_path / "out")
+    model_args, data_args, training_args = parse_args([str(path), "--max_steps", "3"])
+    assert training_args.max_steps == 3 and model_args.num_compressor_layers == 2
+    assert data_args.dataset_dir == str(dataset_folder)
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("generator: g\ndataset_dir: d\noutput_dir: o\nnum_compressor_layers: 3\n")
+    model_args, _, _ = parse_args([str(yaml_path)])
+    assert model_args.num_compressor_layers == 3
+    yaml_path.write_text("generator: g\ndataset_dir: d\nnot_a_setting: 1\n")
+    with pytest.raises(ValueError, match="not_a_setting"):
+        parse_args([str(yaml_path)])
+
+
+def test_cli_train_writes_a_loadable_safetensors_model(tmp_path, generator_folder, dataset_folder):
+    output = tmp_path / "trained"
+    config = write_config(tmp_path, generator_folder, dataset_folder, output, max_steps=4)
+    result = run_cli("train", config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = {p.name for p in output.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_scaledown.py", "training_args.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
+    assert (output / "checkpoint-4" / CHECKPOINT_COMPLETE).is_file()
+    model = ScaleDownForCausalLM.from_pretrained(output)
+    questions, documents = ["What is the capital of France?"], [["Paris is the capital of France."]]
+    expected = model.generate_from_text(questions, documents, max_new_tokens=5)
+    fresh = generate_in_fresh_process(output, questions, documents, tmp_path / "modules", max_new_tokens=5)
+    assert fresh["answers"] == expected
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, generator_folder, dataset_folder):
+    """kill -9 after a checkpoint, resume from it: the same final weights as an uninterrupted run (fp32, CPU)."""
+    straight = tmp_path / "straight"
+    result = run_cli("train", write_config(tmp_path, generator_folder, dataset_folder, straight, max_steps=30))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    config = write_config(tmp_path, generator_folder, dataset_folder, resumed, max_steps=30)
+    # The kill lands a few steps after checkpoint-4, possibly while a later checkpoint is half-written.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scaledown.cli", "train", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (resumed / "checkpoint-4" / CHECKPOINT_COMPLETE).is_file():
+        assert process.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "model.safetensors").exists()  # it really died mid-run
+
+    result = run_cli("train", config, "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stderr
+    expected, got = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, generator_folder, dataset_folder):
+    config = write_config(tmp_path, generator_folder, dataset_folder, tmp_path / "empty")
+    result = run_cli("train", config, "--resume_from_checkpoint", "true")
+    assert result.returncode != 0 and "No complete checkpoint" in result.stderr
+
+
+def test_two_process_ddp_training_saves_a_loadable_model(tmp_path, generator_folder, dataset_folder):
+    output = tmp_path / "ddp"
+    config = write_config(tmp_path, generator_folder, dataset_folder, output, max_steps=3, save_steps=100)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "scaledown.cli",
+            "train",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((output / "trainer_state.json").read_text())
+    # 3 steps x 2 rows x 2 processes = half of the 24 training rows: two real ranks shared the data.
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(0.5)
+    model = ScaleDownForCausalLM.from_pretrained(output)
+    assert len(model.generate_from_text(["q?"], [["Paris."]], max_new_tokens=2)) == 1
