@@ -23,8 +23,8 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) requirements/offline-weights.t
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check scaledown tests
-	$(BIN)/ruff format --check scaledown tests
+	$(BIN)/ruff check scaledown tests benchmarks
+	$(BIN)/ruff format --check scaledown tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -282,23 +282,23 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, generator_folder, 
     assert result.returncode != 0 and "No complete checkpoint" in result.stderr
 
 
-def test_two_process_ddp_training_saves_a_loadable_model(tmp_path, generator_folder, dataset_folder):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"],
+    # `accelerate launch --cpu` always starts a single process (accelerate's simple launcher); `--multi_gpu` starts
+    # torchrun-style workers, and `use_cpu` in the training arguments keeps them on the CPU (gloo).
+    "accelerate": [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29532",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_process_ddp_training_saves_a_loadable_model(tmp_path, generator_folder, dataset_folder, launcher):
     output = tmp_path / "ddp"
     config = write_config(tmp_path, generator_folder, dataset_folder, output, max_steps=3, save_steps=100)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29531",
-            "-m",
-            "scaledown.cli",
-            "train",
-            str(config),
-        ],
+        [*LAUNCHERS[launcher], "-m", "scaledown.cli", "train", str(config)],
         capture_output=True,
         text=True,
         timeout=600,

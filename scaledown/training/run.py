@@ -45,6 +45,10 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        for name in ("model_name_or_path", "generator", "compressor"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
         if (self.model_name_or_path is None) == (self.generator is None):
             raise ValueError("Give exactly one of `model_name_or_path` (a ScaleDown model) and `generator`.")
 
@@ -61,6 +65,7 @@ class DataArguments:
     def __post_init__(self):
         if not self.dataset_dir:
             raise ValueError("`dataset_dir` is required.")
+        self.dataset_dir = os.path.expanduser(self.dataset_dir)
 
 
 def parse_args(argv: list[str] | None = None):
