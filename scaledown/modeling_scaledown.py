@@ -6,6 +6,7 @@ configuration file beside it and (guarded) peft.
 """
 
 import copy
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,10 +134,10 @@ def _encode(tokenizer, texts: list[str], max_length: int | None = None) -> list[
     return tokenizer(list(texts), add_special_tokens=False, **kwargs)["input_ids"]
 
 
-def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
-    """Token ids of every (question, document) pair, `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`,
-    question-major in document order. The query is truncated to `config.query_max_length` tokens and each document
-    to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token when it has one."""
+def compressor_parts(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
+    """Per question, `(prefix, suffixes)`: the query prefix `[start][query][<DOC>]` shared by all its documents and,
+    per document, `[document][<MEM_1>..<MEM_l>]([<RR>])`. The query is truncated to `config.query_max_length` tokens
+    and each document to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token if any."""
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     start = [] if start is None else [start]
     suffix = list(config.compressor_memory_token_ids)
@@ -144,11 +145,17 @@ def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], do
         suffix.append(config.rerank_token_id)
     query_ids = _encode(tokenizer, questions, config.query_max_length)
     doc_ids = iter(_encode(tokenizer, [doc for docs in documents for doc in docs], config.doc_max_length))
-    rows = []
-    for query, docs in zip(query_ids, documents):
-        prefix = start + query + [config.document_separator_token_id]
-        rows.extend(prefix + next(doc_ids) + suffix for _ in docs)
-    return rows
+    return [
+        (start + query + [config.document_separator_token_id], [next(doc_ids) + suffix for _ in docs])
+        for query, docs in zip(query_ids, documents)
+    ]
+
+
+def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
+    """Token ids of every (question, document) pair, `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`,
+    question-major in document order (see [`compressor_parts`])."""
+    parts = compressor_parts(tokenizer, config, questions, documents)
+    return [prefix + suffix for prefix, suffixes in parts for suffix in suffixes]
 
 
 def max_compressor_length(tokenizer, config: ScaleDownConfig) -> int:
@@ -577,29 +584,51 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             empty = embeds.new_zeros((0, config.num_memory_tokens, generator_width))
             scores = embeds.new_zeros((0,)) if config.enable_reranking else None
             return ScaleDownCompressorOutput(memory_embeddings=empty, rerank_scores=scores)
-        memory_ids = torch.tensor(config.compressor_memory_token_ids, device=compressor_input_ids.device)
-        memory_mask = torch.isin(compressor_input_ids, memory_ids)
         extra = {} if config.compressor_type == "encoder" else {"use_cache": False}
         hidden = self.compressor(
             input_ids=compressor_input_ids, attention_mask=compressor_attention_mask, **extra
         ).last_hidden_state
-        memory = hidden[memory_mask]
-        if memory.shape[0] != num_pairs * config.num_memory_tokens:
+        return self._read_memory(hidden, compressor_input_ids)
+
+    def _read_memory(self, hidden: torch.Tensor, input_ids: torch.LongTensor) -> ScaleDownCompressorOutput:
+        """Memory embeddings (projected) and relevance scores from compressor hidden states `(rows, length, width)`
+        and the ids `(rows, length)` they were computed for."""
+        config = self.config
+        num_rows = input_ids.shape[0]
+        memory_ids = torch.tensor(config.compressor_memory_token_ids, device=input_ids.device)
+        memory = hidden[torch.isin(input_ids, memory_ids)]
+        if memory.shape[0] != num_rows * config.num_memory_tokens:
             raise ValueError(
                 f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
-                f"{memory.shape[0]} memory tokens in {num_pairs} rows."
+                f"{memory.shape[0]} memory tokens in {num_rows} rows."
             )
-        memory = memory.view(num_pairs, config.num_memory_tokens, -1)
+        memory = memory.view(num_rows, config.num_memory_tokens, -1)
         if self.projection is not None:
             memory = self.projection(memory)
         scores = None
         if self.rerank_head is not None:
-            rr_mask = compressor_input_ids == config.rerank_token_id
-            rr_hidden = hidden[rr_mask]
-            if rr_hidden.shape[0] != num_pairs:
+            rr_hidden = hidden[input_ids == config.rerank_token_id]
+            if rr_hidden.shape[0] != num_rows:
                 raise ValueError(f"Every compressor input must hold the {config.rerank_token} token exactly once.")
             scores = self.rerank_head(rr_hidden).squeeze(-1)
         return ScaleDownCompressorOutput(memory_embeddings=memory, rerank_scores=scores)
+
+    def _compress_after_prefix(self, prefix: list[int], suffixes: list[list[int]], length: int, device):
+        """Decoder compressors: encode the query prefix once, then every document suffix on top of its cached
+        keys/values (one forward pass for all suffixes, right-padded to `length`)."""
+        cache_arg = "cache" if "cache" in inspect.signature(self.compressor.forward).parameters else "past_key_values"
+        prefix_ids = torch.tensor([prefix], device=device)
+        out = self.compressor(input_ids=prefix_ids, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(len(suffixes))
+        inputs = _pad_compressor_rows(self.compressor_tokenizer, suffixes, length)
+        ids, mask = inputs["compressor_input_ids"].to(device), inputs["compressor_attention_mask"].to(device)
+        full_mask = torch.cat([mask.new_ones(len(suffixes), len(prefix)), mask], dim=1)
+        positions = torch.arange(len(prefix), len(prefix) + ids.shape[1], device=device).expand(len(suffixes), -1)
+        hidden = self.compressor(
+            input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
+        ).last_hidden_state
+        return self._read_memory(hidden, ids)
 
     def _check_tokenizers(self):
         if self.tokenizer is None or self.compressor_tokenizer is None:
@@ -610,7 +639,12 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def compress_documents(
-        self, questions: list[str], documents: list[list[str]], batch_size: int | None = None, bucket_size: int = 32
+        self,
+        questions: list[str],
+        documents: list[list[str]],
+        batch_size: int | None = None,
+        bucket_size: int = 32,
+        reuse_query_prefix: bool | None = None,
     ) -> CompressedDocuments:
         r"""
         Compress the retrieved documents of each question.
@@ -621,9 +655,14 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         Args:
             questions (`list[str]`): the queries.
             documents (`list[list[str]]`): per question, its documents (any number, zero included).
-            batch_size (`int`, *optional*): (question, document) pairs per compressor call; all at once by default.
+            batch_size (`int`, *optional*): rows per compressor call; all at once by default.
             bucket_size (`int`, *optional*, defaults to 32): rows are padded to a multiple of this length (at most the
-                longest possible row) and grouped by it, which makes results independent of the batch.
+                longest possible row) and only rows of one length share a forward pass, so that every row always meets
+                the same shapes whatever the batch: results are independent of the batch.
+            reuse_query_prefix (`bool`, *optional*): with a decoder compressor (`"n_layers"`, `"llm"`), encode the
+                query prefix once per question and reuse its keys/values for all of its documents (same outputs
+                within fp32 tolerance, less compute). Default: on for decoder compressors; encoders read the query
+                bidirectionally and cannot.
 
         Returns:
             [`CompressedDocuments`]: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`,
@@ -631,37 +670,46 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         validate_rag_inputs(questions, documents)
         self._check_tokenizers()
-        rows = compressor_rows(self.compressor_tokenizer, self.config, list(questions), documents)
-        # Batch invariance: a row's result must not depend on its neighbours. Rows are padded to their own length
-        # bucket (a multiple of `bucket_size`) and only rows of one bucket share a forward pass, so every row always
-        # meets the same shape, whatever the batch.
-        limit = max_compressor_length(self.compressor_tokenizer, self.config)
-        buckets: dict[int, list[int]] = {}
-        for index, row in enumerate(rows):
-            buckets.setdefault(min(-(-len(row) // bucket_size) * bucket_size, limit), []).append(index)
-        batch_size = batch_size or max(len(rows), 1)
-        device = next(self.compressor.parameters()).device
-        memory_rows: list[torch.Tensor | None] = [None] * len(rows)
-        score_rows: list[torch.Tensor | None] = [None] * len(rows)
-        for length, indices in sorted(buckets.items()):
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                inputs = _pad_compressor_rows(self.compressor_tokenizer, [rows[i] for i in chunk], length)
-                out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
+        decoder = self.config.compressor_type != "encoder"
+        if reuse_query_prefix is None:
+            reuse_query_prefix = decoder
+        elif reuse_query_prefix and not decoder:
+            raise ValueError("`reuse_query_prefix` needs a decoder compressor (`n_layers` or `llm`).")
+        tokenizer, device = self.compressor_tokenizer, next(self.compressor.parameters()).device
+        parts = compressor_parts(tokenizer, self.config, list(questions), documents)
+        limit = max_compressor_length(tokenizer, self.config)
+
+        def bucket(length: int) -> int:
+            return min(-(-length // bucket_size) * bucket_size, limit)
+
+        # Groups of (question or None, bucketed length) -> row indices; a group shares forward passes.
+        rows, groups = [], {}
+        for q, (prefix, suffixes) in enumerate(parts):
+            for suffix in suffixes:
+                key = (q, bucket(len(suffix))) if reuse_query_prefix else (None, bucket(len(prefix) + len(suffix)))
+                groups.setdefault(key, []).append(len(rows))
+                rows.append(suffix if reuse_query_prefix else prefix + suffix)
+        outputs: list[tuple[torch.Tensor, torch.Tensor | None]] = [None] * len(rows)
+        for (q, length), indices in sorted(groups.items(), key=lambda item: (item[0][0] or 0, item[0][1])):
+            step = batch_size or len(indices)
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                if reuse_query_prefix:
+                    out = self._compress_after_prefix(parts[q][0], [rows[i] for i in chunk], length, device)
+                else:
+                    inputs = _pad_compressor_rows(tokenizer, [rows[i] for i in chunk], length)
+                    out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
                 for position, index in enumerate(chunk):
-                    memory_rows[index] = out.memory_embeddings[position]
-                    if out.rerank_scores is not None:
-                        score_rows[index] = out.rerank_scores[position]
-        if not rows:
-            empty = self.compress(**_pad_compressor_rows(self.compressor_tokenizer, [], 1))
-            memories, scores = [empty.memory_embeddings], [empty.rerank_scores] if self.config.enable_reranking else []
+                    score = out.rerank_scores[position] if out.rerank_scores is not None else None
+                    outputs[index] = (out.memory_embeddings[position], score)
+        if rows:
+            memory = torch.stack([m for m, _ in outputs])
+            scores = torch.stack([r for _, r in outputs]) if self.config.enable_reranking else None
         else:
-            memories = [torch.stack(memory_rows)]
-            scores = [torch.stack(score_rows)] if self.config.enable_reranking else []
+            empty = self.compress(**_pad_compressor_rows(tokenizer, [], 1))
+            memory, scores = empty.memory_embeddings, empty.rerank_scores
         counts = [len(docs) for docs in documents]
-        memory = torch.cat(memories).split(counts)
-        rerank = torch.cat(scores).split(counts) if self.config.enable_reranking else None
-        return CompressedDocuments(memory, rerank)
+        return CompressedDocuments(memory.split(counts), scores.split(counts) if scores is not None else None)
 
     # ------------------------------------------------------------------ generator side
     def _merge_memory(self, input_ids: torch.LongTensor, memory_embeddings: torch.Tensor | None) -> torch.Tensor:

@@ -2,6 +2,7 @@ import ast
 import copy
 import os
 import pathlib
+import sys
 
 import pytest
 import torch
@@ -482,7 +483,7 @@ def test_remote_code_files_import_only_torch_transformers_and_peft():
                 roots.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 roots.add(node.module.split(".")[0])
-        assert roots <= {"torch", "transformers", "peft", "copy", "os", "dataclasses", "collections", "typing"}, roots
+        assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers", "peft"}, roots
         top_level_peft = [
             n
             for n in tree.body
@@ -498,3 +499,26 @@ def test_hard_coded_devices_are_absent():
     source = pathlib.Path(modeling.__file__).read_text()
     assert ".cuda(" not in source and '"cuda"' not in source and "'cuda'" not in source
     assert os.path.basename(modeling.__file__) == "modeling_scaledown.py"
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] != "encoder"], ids=lambda v: "-".join(x for x in v if x))
+def test_query_prefix_reuse_gives_the_same_memories(variant, rag_batch):
+    """Decoder compressors encode the query prefix once per question; outputs match the full rows (fp32)."""
+    model = build(variant, enable_reranking=True)
+    questions, documents = rag_batch
+    questions = [q + " with a longer query that is shared by every document" for q in questions]
+    shared = model.compress_documents(questions, documents, reuse_query_prefix=True)
+    full = model.compress_documents(questions, documents, reuse_query_prefix=False)
+    for a, b in [*zip(shared, full), *zip(shared.rerank_scores, full.rerank_scores)]:
+        assert a.shape == b.shape
+        if b.numel():
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+    # Batch invariance holds with the shared prefix too.
+    alone = model.compress_documents(questions[:1], [documents[0][1:]], reuse_query_prefix=True)
+    assert (alone[0][0] - shared[0][1]).abs().max() <= 1e-5
+
+
+def test_encoders_cannot_reuse_the_query_prefix(rag_batch):
+    model = make_scaledown("llama", "encoder")
+    with pytest.raises(ValueError, match="decoder compressor"):
+        model.compress_documents(*rag_batch, reuse_query_prefix=True)
