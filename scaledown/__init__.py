@@ -3,6 +3,8 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_scaledown import ScaleDownConfig
+from .hub_cards import push_folder as _push_folder
+from .hub_cards import write_model_card as _write_model_card
 from .modeling_scaledown import (
     CompressedDocuments,
     ScaleDownCausalLMOutput,
@@ -16,6 +18,9 @@ from .modeling_scaledown import (
 
 
 __version__ = "0.1.0"
+
+ScaleDownForCausalLM.model_card_writer = staticmethod(_write_model_card)
+ScaleDownForCausalLM.folder_pusher = staticmethod(_push_folder)
 
 AutoConfig.register(ScaleDownConfig.model_type, ScaleDownConfig, exist_ok=True)
 AutoModel.register(ScaleDownConfig, ScaleDownForCausalLM, exist_ok=True)

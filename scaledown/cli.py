@@ -6,15 +6,24 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart
+    from .demo import DemoSettings, run_demo
 
-    summary = run_quickstart(output_dir=args.output_dir, num_compressor_layers=args.num_compressor_layers)
-    print(json.dumps(summary, indent=2))
-    print(
-        "Note: the compressor is untrained, so these answers only show the mechanics. The folder loads anywhere with\n"
-        f"  AutoModelForCausalLM.from_pretrained({summary['model_folder']!r}, trust_remote_code=True)"
-    )
-    return 0 if summary["reloaded_answers_identical"] else 1
+    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "quickstart")})
+    if args.quickstart:
+        from .quickstart import run_quickstart
+
+        summary = run_quickstart(output_dir=settings.output_dir, num_compressor_layers=settings.num_compressor_layers)
+        print(json.dumps(summary, indent=2))
+        return 0 if summary["reloaded_answers_identical"] else 1
+    run = run_demo(settings)
+    from .evaluation.run import summary_lines
+
+    print("\n".join(["Before training:", *summary_lines(run["eval_before"]), "After training:"]))
+    print("\n".join(summary_lines(run["eval_after"])))
+    print(json.dumps(run["benchmark"]["per_batch_size"], indent=2))
+    print(f"Report: {settings.output_dir}/report.md, model: {run['model_dir']} (loads with AutoModelForCausalLM "
+          "and trust_remote_code=True)")  # fmt: skip
+    return 0
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
@@ -35,6 +44,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
         max_eval_questions=args.max_eval_questions,
         retrieve=args.retrieve,
         seed=args.seed,
+        retriever=args.retriever,
     )
     summary = {
         name: {"questions": len(split), "recall": recall_at_k(split.to_list())} for name, split in dataset.items()
@@ -65,18 +75,79 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.run import evaluate_folder, summary_lines
+
+    report = evaluate_folder(
+        args.model,
+        args.data,
+        split=args.split,
+        max_questions=args.max_questions,
+        output=args.output,
+        batch_size=args.batch_size,
+        num_documents=args.num_documents,
+        with_baseline=not args.no_baseline,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print("\n".join(summary_lines(report)))
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.benchmark import run_benchmark
+
+    result = run_benchmark(
+        args.model,
+        batch_sizes=args.batch_sizes,
+        repetitions=args.repetitions,
+        num_documents=args.num_documents,
+        query_tokens=args.query_tokens,
+        new_tokens=args.new_tokens,
+        output_dir=args.output_dir,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub_cards import push_folder
+
+    info = push_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+        report=args.report,
+    )
+    print(info)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledown", description="OSCAR-style compressed RAG with transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo",
-        help="Offline quick-start: wrap SmolLM2-135M-Instruct, compress, answer, save and reload as remote code.",
-    )
-    demo.add_argument("--output-dir", default="outputs/quickstart", help="Where the model folder is written.")
-    demo.add_argument(
-        "--num-compressor-layers", type=int, default=5, help="Generator layers copied into the compressor."
-    )
+    demo = commands.add_parser("demo", help="The whole method end to end, offline (see `scaledown demo --help`).")
+    from dataclasses import MISSING, fields
+
+    from .demo import DemoSettings
+
+    for f in fields(DemoSettings):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            demo.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=default,
+                              help=f.metadata["help"])  # fmt: skip
+        elif isinstance(default, list):
+            demo.add_argument(flag, type=int, nargs="+", default=default, help=f.metadata["help"])
+        else:
+            kind = type(default) if default is not None else str
+            demo.add_argument(flag, type=kind, default=default, help=f.metadata["help"])
+    demo.add_argument("--quickstart", action="store_true", help="Only wrap, compress, answer, save and reload.")
     demo.set_defaults(func=_demo)
 
     prep = commands.add_parser("prepare-data", help="QA data -> chunked collection -> BM25 top-k -> dataset on disk.")
@@ -93,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-eval-questions", type=int, default=None, help="Sample at most this many held-out ones.")
     prep.add_argument("--retrieve", choices=["auto", "pool", "own"], default="auto", help="Retrieval mode.")
     prep.add_argument("--seed", type=int, default=0, help="Seed of the split and the sampling.")
+    prep.add_argument("--retriever", default="bm25", help="bm25, or dense:<sentence encoder folder or hub id>.")
     prep.set_defaults(func=_prepare_data)
 
     label = commands.add_parser("label", help="Teacher answers and relevance scores (resumable).")
@@ -110,6 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--system-prompt", default=None, help="System prompt (default: ScaleDown's).")
     label.add_argument("--no-scores", action="store_true", help="Skip the relevance scores.")
     label.set_defaults(func=_label)
+
+    evaluate = commands.add_parser("evaluate", help="Compressed model vs uncompressed base generator, side by side.")
+    evaluate.add_argument("--model", required=True, help="ScaleDown model folder or hub id.")
+    evaluate.add_argument("--data", required=True, help="Dataset folder (prepare-data / label).")
+    evaluate.add_argument("--split", default="test", help="Held-out split.")
+    evaluate.add_argument("--max-questions", type=int, default=None, help="Evaluate the first N questions.")
+    evaluate.add_argument("--num-documents", type=int, default=10, help="Documents per question (10 in OSCAR).")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="Questions per batch.")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="Greedy answer length.")
+    evaluate.add_argument("--no-baseline", action="store_true", help="Skip the uncompressed baseline.")
+    evaluate.add_argument("--output", default=None, help="Write the JSON report here.")
+    evaluate.set_defaults(func=_evaluate)
+
+    bench = commands.add_parser("benchmark", help="OSCAR speed protocol: compressed vs uncompressed generation.")
+    bench.add_argument("--model", required=True, help="ScaleDown model folder or hub id.")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="Batch sizes to time.")
+    bench.add_argument("--repetitions", type=int, default=3, help="Interleaved repetitions (medians reported).")
+    bench.add_argument("--num-documents", type=int, default=10, help="Documents per query (128 tokens each).")
+    bench.add_argument("--query-tokens", type=int, default=128, help="Query length in tokens.")
+    bench.add_argument("--new-tokens", type=int, default=32, help="Generated tokens.")
+    bench.add_argument("--output-dir", default="outputs/benchmark", help="JSON + PNG go here.")
+    bench.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's).")
+    bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
+    bench.set_defaults(func=_benchmark)
+
+    push = commands.add_parser("push", help="Upload a model folder (weights, code, tokenizers, card) in one commit.")
+    push.add_argument("folder", help="Saved ScaleDown folder.")
+    push.add_argument("repo_id", help="Hub repository, e.g. org/scaledown-mistral-8l.")
+    push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.add_argument("--revision", default=None, help="Branch to push to.")
+    push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    push.add_argument("--commit-message", default=None, help="Commit message.")
+    push.add_argument("--report", default=None, help="run.json of the run, to (re)write the model card.")
+    push.set_defaults(func=_push)
 
     train = commands.add_parser(
         "train",

@@ -5,9 +5,11 @@ This file is copied next to every saved checkpoint as Hub remote code: it import
 configuration file beside it and (guarded) peft.
 """
 
+import contextlib
 import copy
 import inspect
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -306,6 +308,9 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     """
 
     _auto_class = "AutoModelForCausalLM"
+    # Set by the `scaledown` package (absent from Hub remote code): model-card writer and one-commit folder upload.
+    model_card_writer = None
+    folder_pusher = None
 
     def __init__(self, config: ScaleDownConfig, generator: PreTrainedModel | None = None, compressor=None):
         super().__init__(config)
@@ -503,14 +508,30 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         self.generation_config = generation_config
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(
+        self, save_directory, *args, model_card: dict | bool | None = None, adapter_only: bool = False, **kwargs
+    ):
         """Save weights (safetensors), configuration, both code files (Hub remote code) and both tokenizers.
 
         The compressor's tokenizer goes to the `compressor_tokenizer/` subfolder when it differs from the
-        generator's.
+        generator's. `model_card=True` (or a run report dict, e.g. `run.json` of `scaledown demo`) also writes the
+        Hub model card (`README.md`), which needs the `scaledown` package. `push_to_hub=True` uploads the folder in
+        one commit afterwards (see `push_to_hub`).
+
+        `adapter_only=True` writes a light export: compressor, projection, reranking head, the generator's LoRA
+        adapters and its (extended) embeddings, with the base generator referenced by `config.generator_name_or_path`
+        (a hub id, or a folder). It loads like a full export wherever that base generator is reachable or cached.
         """
+        push = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "private", "revision", "create_pr", "commit_message",
+                                                 "token") if k in kwargs}  # fmt: skip
         if kwargs.get("safe_serialization") is False:
             raise ValueError("ScaleDown checkpoints are saved as safetensors only; drop `safe_serialization=False`.")
+        if self.adapters_merged:
+            raise ValueError(
+                "The LoRA adapters are merged into the generator (`merge_adapters`): call `unmerge_adapters()` before "
+                "saving, or the adapters would be counted twice when the checkpoint is loaded."
+            )
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.update(
             {
@@ -522,21 +543,118 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         self.config.auto_map = auto_map
         if self.config._auto_class is None:
             self.config._auto_class = "AutoConfig"
-        super().save_pretrained(save_directory, *args, **kwargs)
+        if adapter_only:
+            kwargs["state_dict"] = self._adapter_state_dict()
+            self.config.adapter_only = True
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if adapter_only:
+                del self.config.adapter_only
         if not kwargs.get("is_main_process", True):
             return
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
         if self.compressor_tokenizer is not None and self.compressor_tokenizer is not self.tokenizer:
             self.compressor_tokenizer.save_pretrained(os.path.join(save_directory, COMPRESSOR_TOKENIZER_FOLDER))
+        if model_card:
+            writer = type(self).model_card_writer
+            if writer is None:
+                logger.warning("Writing a model card needs the `scaledown` package: `pip install scaledown`.")
+            else:
+                writer(save_directory, model_card if isinstance(model_card, dict) else None)
+        if push:
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
+            self._push_folder(str(save_directory), repo_id, model_card, **hub_kwargs)
+
+    def _push_folder(self, folder: str, repo_id: str, model_card=None, **hub_kwargs):
+        pusher = type(self).folder_pusher
+        if pusher is None:
+            raise ImportError("Uploading a ScaleDown folder needs the `scaledown` package: `pip install scaledown`.")
+        run = model_card if isinstance(model_card, dict) else None
+        return pusher(folder, repo_id, run=run, **hub_kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, model_card: dict | None = None, **kwargs):
+        """Upload weights, code, tokenizers and the model card (from `model_card`, a run report, when given) in one
+        commit. Takes `private`, `revision`, `create_pr`, `commit_message`, `token` (else `HF_TOKEN`). Without the
+        `scaledown` package (plain remote code) this is `PreTrainedModel.push_to_hub`."""
+        if type(self).folder_pusher is None:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        hub_kwargs = {
+            k: kwargs[k] for k in ("private", "revision", "create_pr", "commit_message", "token") if k in kwargs
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return self._push_folder(folder, repo_id, model_card, **hub_kwargs)
+
+    def _adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the base generator's frozen weights (its LoRA adapters and embeddings are kept)."""
+        embeddings = {id(self.generator.get_input_embeddings().weight)}
+        output = self.generator.get_output_embeddings()
+        if output is not None:
+            embeddings.add(id(output.weight))
+        keep = {}
+        for name, param in self.state_dict(keep_vars=True).items():
+            if not name.startswith("generator.") or "lora_" in name or id(param) in embeddings:
+                keep[name] = param.detach()
+        return keep
+
+    @classmethod
+    def _from_adapter_only(cls, path: str, config: ScaleDownConfig, hub_kwargs: dict, **kwargs):
+        from safetensors.torch import load_file
+        from transformers.utils import cached_file
+
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        generator_kwargs = {k: kwargs[k] for k in ("dtype", "device_map") if k in kwargs}
+        try:
+            generator = AutoModelForCausalLM.from_pretrained(config.generator_name_or_path, **generator_kwargs)
+        except OSError as error:
+            raise OSError(
+                f"This adapter-only ScaleDown export needs its base generator {config.generator_name_or_path!r}, "
+                f"which could not be loaded (not cached, hub unreachable?): {error}"
+            ) from error
+        _grow_vocabulary(generator, config.get_generator_config().vocab_size)
+        previous = torch.get_default_dtype()
+        if isinstance(dtype, torch.dtype):
+            torch.set_default_dtype(dtype)
+        try:
+            model = cls(config, generator=generator)
+        finally:
+            torch.set_default_dtype(previous)
+        weights = cached_file(path, "model.safetensors", subfolder=kwargs.get("subfolder", ""), **hub_kwargs)
+        state = load_file(weights)
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"Unexpected weights in {path}: {result.unexpected_keys[:5]}")
+        adapter_keys = set(model._adapter_state_dict())
+        missing = [k for k in result.missing_keys if k in adapter_keys]
+        tied = [k for k in missing if k.endswith("lm_head.weight") and generator.config.tie_word_embeddings]
+        if set(missing) - set(tied):
+            raise ValueError(f"The adapter-only export {path} lacks {sorted(set(missing) - set(tied))[:5]}.")
+        model.tie_weights()
+        del model.config.adapter_only
+        try:
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
+        except OSError:
+            pass
+        return model.eval()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a ScaleDown checkpoint (weights, configuration and both tokenizers), eval mode, generator frozen
-        except LoRA. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...)."""
+        except LoRA. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...). An
+        adapter-only export (`save_pretrained(..., adapter_only=True)`) loads its base generator first."""
         hub_kwargs = {k: kwargs[k] for k in _TOKENIZER_HUB_KWARGS if k in kwargs}
         subfolder = kwargs.get("subfolder", "")
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        config = kwargs.get("config")
+        if not isinstance(config, ScaleDownConfig) and pretrained_model_name_or_path is not None:
+            config = ScaleDownConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        if getattr(config, "adapter_only", False):
+            model = cls._from_adapter_only(str(pretrained_model_name_or_path), config, hub_kwargs, **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if pretrained_model_name_or_path is not None:
             model._load_tokenizers(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
         model._set_trainable()
@@ -867,6 +985,71 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             memory_embeddings=memory,
             **generate_kwargs,
         )
+        return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+
+    def _lora_layers(self) -> list[nn.Module]:
+        return [m for m in self.generator.modules() if hasattr(m, "enable_adapters") and hasattr(m, "lora_A")]
+
+    @property
+    def adapters_merged(self) -> bool:
+        """Whether the LoRA adapters are currently merged into the generator's weights (see `merge_adapters`)."""
+        return any(getattr(layer, "merged", False) for layer in self._lora_layers())
+
+    def merge_adapters(self) -> "ScaleDownForCausalLM":
+        """Fold the LoRA adapters into the generator's weights for inference: same outputs up to float rounding,
+        faster decoding (no adapter matmuls). Undo with `unmerge_adapters` before training or saving."""
+        for layer in self._lora_layers():
+            if not layer.merged:
+                layer.merge()
+        return self
+
+    def unmerge_adapters(self) -> "ScaleDownForCausalLM":
+        """Take merged LoRA adapters back out of the generator's weights (exact up to float rounding)."""
+        for layer in self._lora_layers():
+            if layer.merged:
+                layer.unmerge()
+        return self
+
+    @contextlib.contextmanager
+    def generator_adapters_disabled(self):
+        """Context in which the generator runs without its LoRA adapters, i.e. as the base generator."""
+        merged = self.adapters_merged
+        self.unmerge_adapters()
+        layers = self._lora_layers()
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield self.generator
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+            self._set_trainable()
+            if merged:
+                self.merge_adapters()
+
+    @torch.no_grad()
+    def generate_uncompressed(
+        self, questions: list[str], documents: list[list[str]], use_adapters: bool = False, **generate_kwargs
+    ) -> list[str]:
+        r"""
+        The uncompressed baseline: the generator reads the raw documents (each truncated to `config.doc_max_length`
+        tokens) in the very prompt the compressed model sees, and answers with the same generation options. By default
+        the LoRA adapters are off, so this is the base generator.
+        """
+        validate_rag_inputs(questions, documents)
+        self._check_tokenizers()
+        segments = [
+            _encode(self.tokenizer, list(docs), self.config.doc_max_length) if docs else [] for docs in documents
+        ]
+        inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
+        device = self.get_input_embeddings().weight.device
+        context = contextlib.nullcontext() if use_adapters else self.generator_adapters_disabled()
+        with context:
+            output_ids = self.generate(
+                input_ids=inputs["input_ids"].to(device),
+                attention_mask=inputs["attention_mask"].to(device),
+                **generate_kwargs,
+            )
         return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from scaledown.training.data import (
     BM25Index,
     DataFormatError,
     chunk_text,
+    make_index,
     prepare_data,
     read_hf_dataset,
     read_jsonl,
@@ -190,3 +191,19 @@ def test_prepare_data_cli(squad_file, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and "bad.jsonl:2" in result.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_dense_retrieval_with_all_minilm(squad_file, tmp_path):
+    from scaledown.offline_weights import minilm_path
+
+    chunks = [p for paragraphs in ARTICLES.values() for p, _, _ in paragraphs]
+    index = make_index(chunks, f"dense:{minilm_path()}")
+    hits, scores = index.search(["Which river flows through Berlin?", "Who is the author of Hamlet?"], k=2)
+    assert chunks[hits[0][0]].startswith("Berlin") and chunks[hits[1][0]].startswith("Shakespeare")
+    assert scores[0][0] >= scores[0][1]
+    out = tmp_path / "dense"
+    dataset = prepare_data([str(squad_file)], make_decoder_tokenizer(), out, doc_max_length=24,
+                           held_out_fraction=0.4, retriever=f"dense:{minilm_path()}")  # fmt: skip
+    assert recall_at_k(dataset["train"].to_list()) >= 0.5
+    with pytest.raises(ValueError, match="retriever"):
+        make_index(chunks, "tfidf")

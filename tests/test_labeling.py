@@ -13,6 +13,7 @@ from transformers import BertForSequenceClassification
 from scaledown import ScaleDownConfig
 from scaledown.training.labeling import (
     LabelJournal,
+    bi_encoder_scores,
     cross_encoder_scores,
     label_dataset,
     llm_relevance_scores,
@@ -56,6 +57,17 @@ def test_relevance_scores_have_one_value_per_document(teacher):
     cross = BertForSequenceClassification(ENCODER_CONFIGS["bert"](len(tokenizer_ce))).eval()
     ce_scores = cross_encoder_scores(cross, tokenizer_ce, QUESTIONS, DOCUMENTS)
     assert [len(s) for s in ce_scores] == [2, 1, 0]
+
+
+def test_bi_encoder_relevance_prefers_the_answering_document():
+    from transformers import AutoModel, AutoTokenizer
+
+    from scaledown.offline_weights import minilm_path
+
+    encoder, tokenizer = AutoModel.from_pretrained(minilm_path()), AutoTokenizer.from_pretrained(minilm_path())
+    scores = bi_encoder_scores(encoder, tokenizer, QUESTIONS, DOCUMENTS)
+    assert [len(s) for s in scores] == [2, 1, 0]
+    assert scores[0][0] > scores[0][1]  # "Paris is the capital of France." answers "What is the capital of France?"
 
 
 def test_journal_drops_a_torn_record_and_never_duplicates(tmp_path):

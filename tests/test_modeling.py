@@ -35,6 +35,14 @@ def build(variant, **kwargs):
     return make_scaledown(arch, compressor_type, encoder=encoder or "bert", **kwargs)
 
 
+def training_batch(model, questions, documents, answers):
+    """Generator prompts + answers (right-padded, labels) and compressor inputs, as the training collator builds."""
+    from scaledown.training import ScaleDownDataCollator
+
+    rows = [{"question": q, "documents": d, "teacher_answer": a} for q, d, a in zip(questions, documents, answers)]
+    return ScaleDownDataCollator.from_model(model, max_documents=None)(rows)
+
+
 @pytest.fixture(params=VARIANTS, ids=VARIANT_IDS)
 def variant(request):
     return request.param
@@ -319,16 +327,7 @@ def test_keep_final_norm_option():
 def test_gradients_reach_trainable_parts_and_frozen_weights_stay(variant, rag_batch):
     model = build(variant, enable_reranking=True, lora_dropout=0.0)
     questions, documents = rag_batch
-    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
-    batch = build_generator_inputs(
-        model.tokenizer,
-        model.config,
-        questions,
-        [[mem] * len(d) for d in documents],
-        answers=["Paris", "Shakespeare", "Berlin"],
-        padding_side="right",
-    )
-    batch.update(build_compressor_inputs(model.compressor_tokenizer, model.config, questions, documents))
+    batch = training_batch(model, questions, documents, ["Paris", "Shakespeare", "Berlin"])
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert frozen_before and trainable_before
@@ -376,16 +375,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(rag_batch):
     for checkpointing in (False, True):
         model = make_scaledown(lora_dropout=0.0)
         questions, documents = rag_batch
-        mem = [model.config.memory_token_id] * model.config.num_memory_tokens
-        batch = build_generator_inputs(
-            model.tokenizer,
-            model.config,
-            questions,
-            [[mem] * len(d) for d in documents],
-            answers=["a", "b", "c"],
-            padding_side="right",
-        )
-        batch.update(build_compressor_inputs(model.compressor_tokenizer, model.config, questions, documents))
+        batch = training_batch(model, questions, documents, ["a", "b", "c"])
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.generator.model.gradient_checkpointing and model.compressor.gradient_checkpointing
@@ -501,7 +491,9 @@ def test_hard_coded_devices_are_absent():
     assert os.path.basename(modeling.__file__) == "modeling_scaledown.py"
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] != "encoder"], ids=lambda v: "-".join(x for x in v if x))
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v[1] != "encoder"], ids=lambda v: "-".join(x for x in v if x)
+)
 def test_query_prefix_reuse_gives_the_same_memories(variant, rag_batch):
     """Decoder compressors encode the query prefix once per question; outputs match the full rows (fp32)."""
     model = build(variant, enable_reranking=True)
@@ -522,3 +514,57 @@ def test_encoders_cannot_reuse_the_query_prefix(rag_batch):
     model = make_scaledown("llama", "encoder")
     with pytest.raises(ValueError, match="decoder compressor"):
         model.compress_documents(*rag_batch, reuse_query_prefix=True)
+
+
+def test_uncompressed_baseline_is_the_base_generator(rag_batch):
+    generator, tokenizer = make_generator("llama")
+    reference = copy.deepcopy(generator)
+    model = ScaleDownForCausalLM.from_generator(
+        generator, tokenizer, num_compressor_layers=2, num_memory_tokens=4, doc_max_length=32
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a "trained" adapter
+    questions, documents = rag_batch
+    base = model.generate_uncompressed(questions, documents, max_new_tokens=5)
+    adapted = model.generate_uncompressed(questions, documents, max_new_tokens=5, use_adapters=True)
+    assert base != adapted
+    segments = [[tokenizer(d, add_special_tokens=False)["input_ids"][:32] for d in docs] for docs in documents]
+    inputs = build_generator_inputs(model.tokenizer, model.config, questions, segments)
+    vocab = reference.get_input_embeddings().weight.shape[0]
+    with torch.no_grad():
+        out = reference.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                                 suppress_tokens=None, bad_words_ids=None)  # fmt: skip
+    expected = [
+        t.strip()
+        for t in model.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    ]
+    assert base == expected and vocab > 0
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # adapters back on and trainable
+
+
+def test_merged_adapters_give_the_same_answers_and_refuse_to_save(tmp_path, rag_batch):
+    model = make_scaledown("llama")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    questions, documents = rag_batch
+    compressed = model.compress_documents(questions, documents)
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    inputs = build_generator_inputs(model.tokenizer, model.config, questions, [[mem] * len(d) for d in documents])
+    with torch.no_grad():
+        before = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+        uncompressed = model.generate_uncompressed(questions, documents, max_new_tokens=4)
+        model.merge_adapters()
+        assert model.adapters_merged
+        merged = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+        assert (before - merged).abs().max() <= 1e-4
+        assert model.generate_uncompressed(questions, documents, max_new_tokens=4) == uncompressed
+        assert model.adapters_merged  # restored after the baseline ran without adapters
+        with pytest.raises(ValueError, match="unmerge_adapters"):
+            model.save_pretrained(tmp_path)
+        model.unmerge_adapters()
+        assert not model.adapters_merged
+        assert (before - model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits).abs().max() <= 1e-4

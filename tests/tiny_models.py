@@ -69,47 +69,24 @@ def make_encoder_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+# Shared by every tiny generator: 4 layers, 32 wide, GQA 4/2 heads.
+_DECODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    initializer_range=0.3,  # frozen tied embeddings of a 32-wide model need some norm for LoRA to move logits
+    bos_token_id=1,
+    eos_token_id=2,
+)
 GENERATOR_CONFIGS = {
-    "llama": lambda vocab: LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.3,  # frozen tied embeddings of a 32-wide model need some norm for LoRA to move logits
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
+    "llama": lambda vocab: LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, **_DECODER),
     "mistral": lambda vocab: MistralConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.3,  # frozen tied embeddings of a 32-wide model need some norm for LoRA to move logits
-        sliding_window=None,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
+        vocab_size=vocab, sliding_window=None, tie_word_embeddings=False, **_DECODER
     ),
-    "qwen2": lambda vocab: Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.3,  # frozen tied embeddings of a 32-wide model need some norm for LoRA to move logits
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
+    "qwen2": lambda vocab: Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, **_DECODER),
 }
 
 ENCODER_CONFIGS = {

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers.utils import logging
 
 
@@ -212,6 +213,48 @@ class BM25Index:
         return ids.tolist(), [[float(s) for s in row] for row in scores]
 
 
+@torch.no_grad()
+def sentence_embeddings(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised mean-pooled last hidden states (the sentence-transformers recipe of all-MiniLM-L6-v2)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            texts[start : start + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt"
+        ).to(device)
+        hidden = model(**encoded).last_hidden_state.float()
+        mask = encoded["attention_mask"].unsqueeze(-1).float()
+        out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+class DenseIndex:
+    """Dense retrieval with a sentence encoder (any `AutoModel` folder or hub id, e.g. all-MiniLM-L6-v2): cosine
+    similarity of mean-pooled embeddings."""
+
+    def __init__(self, chunks: list[str], encoder: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.chunks = chunks
+        self.tokenizer = AutoTokenizer.from_pretrained(encoder)
+        self.model = AutoModel.from_pretrained(encoder).eval()
+        self.embeddings = sentence_embeddings(self.model, self.tokenizer, chunks)
+
+    def search(self, queries: list[str], k: int) -> tuple[list[list[int]], list[list[float]]]:
+        k = min(k, len(self.chunks))
+        scores, ids = (sentence_embeddings(self.model, self.tokenizer, queries) @ self.embeddings.T).topk(k, dim=-1)
+        return ids.tolist(), scores.tolist()
+
+
+def make_index(chunks: list[str], retriever: str = "bm25"):
+    """`"bm25"` or `"dense:<encoder folder or hub id>"`."""
+    if retriever == "bm25":
+        return BM25Index(chunks)
+    if retriever.startswith("dense:"):
+        return DenseIndex(chunks, retriever.split(":", 1)[1])
+    raise ValueError(f"`retriever` must be 'bm25' or 'dense:<encoder>', got {retriever!r}.")
+
+
 def build_split(
     records: list[QARecord],
     tokenizer,
@@ -219,6 +262,7 @@ def build_split(
     top_k: int,
     retrieve: str = "auto",
     collection: list[QARecord] | None = None,
+    retriever: str = "bm25",
 ):
     """Rows for the questions of `records`. `retrieve`: `"pool"` (BM25 over the chunks of every passage of
     `collection`, by default `records`), `"own"` (each record keeps its own documents, chunked) or `"auto"` (pool
@@ -249,7 +293,7 @@ def build_split(
             chunks += pieces
     if not chunks:
         return [_row(r, [], [], []) for r in records]
-    index = BM25Index(chunks)
+    index = make_index(chunks, retriever)
     hits, scores = index.search([r.question for r in records], top_k)
     for r, row_hits, row_scores in zip(records, hits, scores):
         rows.append(_row(r, [chunks[i] for i in row_hits], [chunk_ids[i] for i in row_hits], row_scores))
@@ -313,6 +357,7 @@ def prepare_data(
     retrieve: str = "auto",
     seed: int = 0,
     records: list[QARecord] | None = None,
+    retriever: str = "bm25",
 ):
     """Read `sources` (and/or ready `records`), split by article, chunk, retrieve, and save a `DatasetDict` with
     `train` and `test` splits to `output_dir`. Returns the `DatasetDict`."""
@@ -332,7 +377,7 @@ def prepare_data(
     ):
         # The collection is every passage of the split; only the questions are sampled.
         questions = rng.sample(split, limit) if limit is not None and len(split) > limit else split
-        rows = build_split(questions, tokenizer, doc_max_length, k, retrieve, collection=split)
+        rows = build_split(questions, tokenizer, doc_max_length, k, retrieve, collection=split, retriever=retriever)
         if rows:
             splits[name] = Dataset.from_list(rows)
             logger.info(f"{name}: {len(rows)} questions, recall@{k} = {recall_at_k(rows):.3f}")

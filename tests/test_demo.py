@@ -1,0 +1,47 @@
+"""The README's main job at a tiny scale: `scaledown demo` end to end on SmolLM2, every artefact checked."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+from remote_code import generate_in_fresh_process
+
+from scaledown import ScaleDownForCausalLM
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "scaledown.cli", "demo", "--output-dir", str(out), "--train-questions", "8",
+               "--eval-questions", "4", "--train-documents", "2", "--eval-documents", "3", "--teacher-max-new-tokens",
+               "8", "--eval-max-new-tokens", "8", "--benchmark-batch-sizes", "1", "--benchmark-repetitions", "1",
+               "--benchmark-profile", "false"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "After training:" in result.stdout
+    artefacts = ["report.md", "report.json", "run.json", "quality.png", "training.png", "eval_before.json"]
+    artefacts += ["eval_after.json", "benchmark/benchmark.json", "benchmark/benchmark.png", "model/README.md"]
+    for name in artefacts:
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"] == {"train": 8, "test": 4}
+    assert run["eval_after"]["compressed"]["gold"]["count"] == 4
+    assert run["eval_before"]["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0
+    assert "1" in run["benchmark"]["per_batch_size"]
+    report = (out / "report.md").read_text()
+    assert "ScaleDown after training" in report and "uncompressed base generator" in report
+    card = ModelCard.load(out / "model" / "README.md")
+    match = {r.metric_type: r.metric_value for r in card.data.eval_results}["match"]
+    assert match == round(run["eval_after"]["compressed"]["gold"]["match"], 4)
+    questions = ["Who wrote Hamlet?"]
+    documents = [["Hamlet is a tragedy written by William Shakespeare."]]
+
+    expected = ScaleDownForCausalLM.from_pretrained(out / "model").generate_from_text(
+        questions, documents, max_new_tokens=8
+    )
+    fresh = generate_in_fresh_process(out / "model", questions, documents, tmp_path / "modules", max_new_tokens=8)
+    assert fresh["answers"] == expected

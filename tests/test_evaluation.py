@@ -1,0 +1,110 @@
+import json
+import math
+
+import pytest
+from tiny_models import make_scaledown
+
+from scaledown.evaluation import load_metric
+from scaledown.evaluation.benchmark import analytic_flops, decoder_flops, run_benchmark
+from scaledown.evaluation.run import evaluate_model, paired_match, summary_lines
+from scaledown.evaluation.text import (
+    exact_match,
+    match,
+    ndcg_at_k,
+    normalize_answer,
+    pearson,
+    rouge_l,
+    spearman,
+    token_f1,
+)
+
+
+def test_answer_metrics():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert match("It was built in Paris, France.", ["paris"]) == 1.0
+    assert match("It was built in Lyon.", ["Paris", "the French capital"]) == 0.0
+    assert exact_match("The Spree.", ["Spree"]) == 1.0 and exact_match("the river Spree", ["Spree"]) == 0.0
+    assert token_f1("the river Spree", ["Spree"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert rouge_l("x b c d", ["x c d e"]) == pytest.approx(0.75)
+    assert rouge_l("", [""]) == 1.0 and token_f1("x", ["y"]) == 0.0
+
+
+def test_ranking_metrics():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [2, 4, 7]) > 0.98
+    assert math.isnan(pearson([1, 1], [1, 2]))
+    assert ndcg_at_k([3.0, 2.0, 1.0], [5.0, 1.0, 0.0]) == pytest.approx(1.0)
+    assert ndcg_at_k([1.0, 2.0, 3.0], [5.0, 1.0, 0.0]) < 0.7
+
+
+def test_evaluate_metric_modules_load_offline_by_path():
+    qa = load_metric("rag_qa")
+    result = qa.compute(predictions=["It is Paris.", "no idea"], references=[["Paris"], ["Berlin"]])
+    assert result["match"] == 0.5 and result["count"] == 2
+    rr = load_metric("reranking")
+    scores = rr.compute(predictions=[[0.9, 0.1, 0.5]], references=[[2.0, -1.0, 0.0]], k=3)
+    assert scores["spearman"] == pytest.approx(1.0) and scores["ndcg@3"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        load_metric("bleu")
+
+
+def test_paired_match_counts():
+    paired = paired_match([1, 0, 1, 0], [0, 0, 1, 1])
+    assert paired["match_difference"] == 0.0
+    assert (paired["compressed_only"], paired["uncompressed_only"], paired["both"], paired["neither"]) == (1, 1, 1, 1)
+
+
+def test_evaluate_model_side_by_side():
+    model = make_scaledown("llama", enable_reranking=True)
+    rows = [
+        {"question": "Capital of France?", "documents": ["Paris is the capital of France.", "Berlin."],
+         "gold_answers": ["Paris"], "teacher_scores": [2.0, -1.0]},
+        {"question": "Who wrote Hamlet?", "documents": ["Shakespeare wrote Hamlet."], "gold_answers": ["Shakespeare"],
+         "teacher_scores": [1.0]},
+        {"question": "Where?", "documents": [], "gold_answers": []},
+    ]  # fmt: skip
+    # The teacher is the base generator reading the raw documents: give it exactly the baseline's answers.
+    baseline = model.generate_uncompressed([r["question"] for r in rows], [r["documents"] for r in rows],
+                                           max_new_tokens=6)  # fmt: skip
+    for row, answer in zip(rows, baseline):
+        row["teacher_answer"] = answer
+    report = evaluate_model(model, rows, batch_size=2, num_documents=10, max_new_tokens=6)
+    assert report["questions"] == 3 and report["settings"]["max_new_tokens"] == 6
+    assert report["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0  # same prompt, same decoding
+    assert set(report["compressed"]["gold"]) >= {"match", "exact_match", "f1", "rouge_l"}
+    assert report["compressed"]["gold"]["count"] == 2  # the question without gold answers is not scored
+    assert report["paired"]["questions"] == 2
+    assert report["reranking"]["count"] == 2
+    assert [len(r["rerank_scores"]) for r in report["records"]] == [2, 1, 0]
+    assert any("Match" in line for line in summary_lines(report))
+    json.dumps(report)  # JSON-able
+
+
+def test_analytic_flops_favour_compression_on_long_documents():
+    model = make_scaledown("llama", doc_max_length=128, num_memory_tokens=8, query_max_length=64)
+    questions = ["word " * 60] * 2
+    documents = [["text " * 120] * 10] * 2
+    flops = analytic_flops(model, questions, documents, new_tokens=32)
+    assert flops["ratio"] > 1.5 and flops["prompt_tokens_uncompressed"] > 2 * flops["prompt_tokens_compressed"]
+    assert flops["compressed"] == pytest.approx(flops["compressed_compressor"] + flops["compressed_generator"])
+    config = model.generator.config
+    one = decoder_flops(config, 1, 0, [1], 0, lm_head=False)
+    d, ff = config.hidden_size, config.intermediate_size
+    heads, kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    assert one == pytest.approx(2 * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * ff) + 4 * heads * hd)
+
+
+def test_run_benchmark_writes_json_and_plot(tmp_path):
+    model = make_scaledown("llama", doc_max_length=128, num_memory_tokens=8, query_max_length=64)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    result = run_benchmark(folder, batch_sizes=[1, 2], repetitions=1, new_tokens=4, output_dir=tmp_path / "bench",
+                           profile_flops=False)  # fmt: skip
+    summary = result["summary"]["per_batch_size"]
+    assert set(summary) == {"1", "2"}
+    for entry in summary.values():
+        assert entry["speedup"] > 0 and entry["compressed_seconds"] > 0 and entry["flops_ratio_analytic"] > 1
+        assert entry["peak_memory_mib"]["uncompressed"] > 0
+    assert (tmp_path / "bench" / "benchmark.json").is_file() and (tmp_path / "bench" / "benchmark.png").is_file()
+    assert result["summary"]["settings"]["compressor"] == "n_layers (2 layers)"
