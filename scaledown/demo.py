@@ -142,7 +142,7 @@ def run_demo(settings: DemoSettings) -> dict:
             learning_rate_generator=settings.learning_rate_generator,
             learning_rate_compressor=settings.learning_rate_compressor,
             num_train_documents=settings.train_documents,
-            logging_steps=5,
+            logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
             save_strategy="no",
             seed=settings.seed,
             use_cpu=use_cpu,

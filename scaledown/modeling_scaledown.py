@@ -601,7 +601,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _from_adapter_only(cls, path: str, config: ScaleDownConfig, hub_kwargs: dict, **kwargs):
-        from safetensors.torch import load_file
+        from transformers.modeling_utils import load_state_dict
         from transformers.utils import cached_file
 
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
@@ -622,7 +622,9 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         finally:
             torch.set_default_dtype(previous)
         weights = cached_file(path, "model.safetensors", subfolder=kwargs.get("subfolder", ""), **hub_kwargs)
-        state = load_file(weights)
+        if not str(weights).endswith(".safetensors"):
+            raise ValueError(f"{weights} is not a safetensors file.")
+        state = load_state_dict(weights, map_location="cpu")
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Unexpected weights in {path}: {result.unexpected_keys[:5]}")
@@ -652,6 +654,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         if not isinstance(config, ScaleDownConfig) and pretrained_model_name_or_path is not None:
             config = ScaleDownConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         if getattr(config, "adapter_only", False):
+            kwargs.pop("config", None)
             model = cls._from_adapter_only(str(pretrained_model_name_or_path), config, hub_kwargs, **kwargs)
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
