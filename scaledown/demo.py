@@ -64,7 +64,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from transformers import AutoTokenizer, set_seed
 
     from .evaluation.benchmark import SAMPLE, run_benchmark
-    from .evaluation.run import evaluate_model
+    from .evaluation.run import evaluate_model, paired_match
     from .hub_cards import write_model_card
     from .modeling_scaledown import ScaleDownForCausalLM
     from .offline_weights import smollm2_path
@@ -168,8 +168,6 @@ def run_demo(settings: DemoSettings) -> dict:
             record["uncompressed"] = previous["uncompressed"]
             record["uncompressed_match"] = previous["uncompressed_match"]
         after["uncompressed"] = before["uncompressed"]
-        from .evaluation.run import paired_match
-
         scored = [r for r in after["records"] if r["gold_answers"]]
         after["paired"] = paired_match(
             [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]

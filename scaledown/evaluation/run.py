@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from . import load_metric
+from .text import match as match_one
 
 
 logger = logging.get_logger(__name__)
@@ -61,7 +62,6 @@ def evaluate_model(
     `teacher_is_baseline` (the teacher is the base generator with this very prompt and decoding, as in
     self-distillation) the uncompressed answers serve as the teacher's.
     """
-    from ..evaluation.text import match as match_one
     from ..modeling_scaledown import validate_rag_inputs
 
     generate_kwargs.setdefault("max_new_tokens", 32)
