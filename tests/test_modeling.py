@@ -254,6 +254,40 @@ def test_memory_is_written_into_the_placeholders():
     assert torch.equal(embeds[0][~slots], plain[0][~slots])
 
 
+def test_memory_fills_placeholders_in_reading_order_across_rows():
+    """The static-shape merge (gather + where, for XLA) equals boolean `masked_scatter` on a padded batch with
+    different document counts per row."""
+    model = make_scaledown()
+    mem = [model.config.memory_token_id] * 4
+    inputs = build_generator_inputs(model.tokenizer, model.config, ["q?", "a longer question?"], [[mem, mem], [mem]])
+    memory = torch.randn(3, 4, model.generator.config.hidden_size)
+    slots = (inputs["input_ids"] == model.config.memory_token_id).unsqueeze(-1)
+    reference = model.get_input_embeddings()(inputs["input_ids"]).masked_scatter(slots, memory.reshape(-1, 1))
+    assert torch.equal(model._merge_memory(inputs["input_ids"], memory), reference)
+
+
+def test_summed_loss_for_neuron_trainer(rag_batch):
+    """optimum-neuron's NeuronTrainer calls the model with `reduction="sum"` and divides by the token count."""
+    model = make_scaledown()
+    questions, documents = rag_batch
+    mem = [model.config.memory_token_id] * model.config.num_memory_tokens
+    inputs = build_generator_inputs(
+        model.tokenizer,
+        model.config,
+        questions,
+        [[mem] * len(d) for d in documents],
+        answers=["Paris."] * len(questions),
+        padding_side="right",
+    )
+    inputs.update(build_compressor_inputs(model.compressor_tokenizer, model.config, questions, documents))
+    mean = model(**inputs).loss
+    summed = model(**inputs, reduction="sum").loss
+    tokens = (inputs["labels"][:, 1:] != -100).sum()
+    torch.testing.assert_close(summed / tokens, mean)
+    with pytest.raises(ValueError, match="reduction"):
+        model(**inputs, reduction="none")
+
+
 def test_placeholder_count_mismatch_is_a_value_error():
     model = make_scaledown()
     mem = [model.config.memory_token_id] * 4
@@ -568,3 +602,20 @@ def test_merged_adapters_give_the_same_answers_and_refuse_to_save(tmp_path, rag_
         model.unmerge_adapters()
         assert not model.adapters_merged
         assert (before - model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits).abs().max() <= 1e-4
+
+
+def test_compressor_given_as_a_folder_names_itself_and_its_tokenizer(tmp_path):
+    """A compressor path (not the default ModernBERT id) is what the config records and where its tokenizer comes
+    from: no silent mix of one model's weights with another's tokenizer."""
+    encoder, encoder_tokenizer = make_encoder("bert")
+    encoder.save_pretrained(tmp_path / "enc")
+    encoder_tokenizer.save_pretrained(tmp_path / "enc")
+    generator, tokenizer = make_generator("llama")
+    model = ScaleDownForCausalLM.from_generator(
+        generator, tokenizer=tokenizer, compressor_type="encoder", compressor=str(tmp_path / "enc"),
+        doc_max_length=32, num_memory_tokens=4,
+    )  # fmt: skip
+    assert model.config.compressor_name_or_path == str(tmp_path / "enc")
+    assert model.compressor_tokenizer.convert_tokens_to_ids("paris") == encoder_tokenizer.convert_tokens_to_ids(
+        "paris"
+    )

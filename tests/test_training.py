@@ -82,7 +82,7 @@ def test_arguments_default_to_the_paper_recipe():
         ({"kl_temperature": 0}, "kl_temperature"),
         ({"warmup_ratio": 1.5}, "warmup_ratio"),
         ({"num_train_documents": 0}, "num_train_documents"),
-        ({"pad_to_fixed_length": True}, "max_prompt_length"),
+        ({"max_prompt_length": 0}, "max_prompt_length"),
         ({"remove_unused_columns": True}, "remove_unused_columns"),
     ],
 )
@@ -169,6 +169,29 @@ def test_collator_masks_prompts_and_pads_to_fixed_shapes():
         ScaleDownDataCollator.from_model(model)([{"question": "q", "documents": []}])
 
 
+def test_fixed_shapes_are_fitted_and_checked_before_training(tmp_path):
+    """Under fixed shapes the trainer checks the whole training set up front (a collator error inside an XLA
+    data-loader thread would only end the epoch early) and derives `max_prompt_length` when unset."""
+    model = make_scaledown(enable_reranking=True)
+    data = Dataset.from_list([dict(r, documents=["Paris.", "Berlin."], teacher_scores=[1.0, 0.0]) for r in rows(6)])
+    args = arguments(tmp_path, pad_to_fixed_length=True, num_train_documents=2)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=data)
+    length = trainer.data_collator.max_prompt_length
+    longest = int(
+        ScaleDownDataCollator.from_model(model, max_documents=2)(data.to_list())["attention_mask"].sum(1).max()
+    )
+    assert length % 64 == 0 and longest <= length < longest + 64
+    assert trainer.data_collator(data.to_list()[:2])["input_ids"].shape[1] == length
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        ScaleDownTrainer(
+            model=model,
+            args=arguments(tmp_path, pad_to_fixed_length=True, max_prompt_length=8, num_train_documents=2),
+            train_dataset=data,
+        )
+    with pytest.raises(ValueError, match="Row 0 has 1 documents"):
+        ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows(3)))
+
+
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / CHECKPOINT_COMPLETE).write_text("{}")
@@ -227,6 +250,32 @@ def test_cli_parses_json_and_yaml_with_overrides(tmp_path, generator_folder, dat
     yaml_path.write_text("generator: g\ndataset_dir: d\nnot_a_setting: 1\n")
     with pytest.raises(ValueError, match="not_a_setting"):
         parse_args([str(yaml_path)])
+
+
+def test_cli_device_choice(tmp_path, generator_folder, dataset_folder):
+    path = write_config(tmp_path, generator_folder, dataset_folder, tmp_path / "out")
+    args = parse_args([str(path), "--device", "cpu", "--max_steps", "2"])[2]
+    assert args.use_cpu and args.max_steps == 2
+    with pytest.raises(ValueError, match="--device"):
+        parse_args([str(path), "--device=tpu"])
+
+
+def test_trainium_without_the_neuron_sdk_is_a_clear_import_error(tmp_path, generator_folder, dataset_folder):
+    """Neither optimum-neuron's NeuronTrainer nor the Neuron SDK installs here: asking for them says what to do,
+    while everything else keeps working."""
+    import scaledown.training as training
+
+    path = write_config(tmp_path, generator_folder, dataset_folder, tmp_path / "out")
+    for ask in (
+        lambda: parse_args([str(path), "--device", "trainium"]),
+        lambda: training.ScaleDownNeuronTrainer,
+        lambda: __import__("scaledown.training.neuron_trainer"),
+    ):
+        with pytest.raises(ImportError, match="pip.repos.neuron.amazonaws.com"):
+            ask()
+    assert training.ScaleDownTrainer is ScaleDownTrainer
+    result = run_cli("train", path, "--device", "trainium", "--max_steps", "1")
+    assert result.returncode != 0 and "Neuron SDK" in result.stderr
 
 
 def test_cli_train_writes_a_loadable_safetensors_model(tmp_path, generator_folder, dataset_folder):

@@ -1,21 +1,21 @@
 """`ScaleDownTrainingArguments`: `TrainingArguments` with OSCAR's recipe as defaults."""
 
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from transformers import TrainingArguments
 
 
-_PARENT_FIELDS = {f.name for f in fields(TrainingArguments)}
-
-
 @dataclass
-class ScaleDownTrainingArguments(TrainingArguments):
+class ScaleDownArgumentsMixin:
     """
-    Training arguments of [`ScaleDownTrainer`]. Defaults follow OSCAR: AdamW, linear schedule, warmup 5%, weight decay
-    0.1, max grad norm 1.0, one epoch, 5 documents per query. The learning rates of the generator's LoRA adapters and
-    of the compressor (+ projection + reranking head) come from the model's configuration (1e-4; 5e-5 for an N-layers
-    compressor) unless given here; `learning_rate` itself is then unused.
+    The ScaleDown fields and OSCAR's defaults, shared by [`ScaleDownTrainingArguments`] (`transformers.Trainer`) and
+    `ScaleDownNeuronTrainingArguments` (optimum-neuron's `NeuronTrainingArguments`, which is not a
+    `TrainingArguments` subclass). Put it first among the bases so that its defaults win.
     """
+
+    # Whether the other base still has a `warmup_ratio` field (transformers 5 folds it into `warmup_steps`).
+    _base_has_warmup_ratio: ClassVar[bool] = True
 
     learning_rate: float = field(default=1e-4, metadata={"help": "Fallback learning rate (see the per-module ones)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases and norms)."})
@@ -55,10 +55,18 @@ class ScaleDownTrainingArguments(TrainingArguments):
     num_train_documents: int = field(default=5, metadata={"help": "Top documents per query used in training."})
     max_answer_length: int = field(default=128, metadata={"help": "Answer tokens kept as targets."})
     pad_to_fixed_length: bool = field(
-        default=False, metadata={"help": "Pad every batch to fixed shapes (XLA / Trainium: one compiled graph)."}
+        default=False,
+        metadata={
+            "help": "Pad every batch to fixed shapes (XLA / Trainium: one compiled graph); drops the last incomplete "
+            "batch."
+        },
     )
     max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Generator prompt + answer length when padding to fixed shapes."}
+        default=None,
+        metadata={
+            "help": "Generator prompt + answer length when padding to fixed shapes (default: the training set's "
+            "longest row, rounded up to a multiple of 64)."
+        },
     )
 
     def __post_init__(self):
@@ -78,13 +86,27 @@ class ScaleDownTrainingArguments(TrainingArguments):
             raise ValueError(f"`num_train_documents` must be >= 1, got {self.num_train_documents}.")
         if self.max_answer_length < 1:
             raise ValueError(f"`max_answer_length` must be >= 1, got {self.max_answer_length}.")
-        if self.pad_to_fixed_length and not self.max_prompt_length:
-            raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"`max_prompt_length` must be >= 1, got {self.max_prompt_length}.")
+        if self.pad_to_fixed_length:
+            self.dataloader_drop_last = True  # a smaller last batch would be one more shape to compile
         if self.remove_unused_columns:
             raise ValueError("`remove_unused_columns` must stay False: the collator reads raw text columns.")
         if self.report_to is None or self.report_to == "all":
             self.report_to = "none"  # no experiment tracker unless asked for by name
-        if "warmup_ratio" not in _PARENT_FIELDS and not self.warmup_steps:
+        if not self._base_has_warmup_ratio and not self.warmup_steps:
             # transformers 5 folds the ratio into `warmup_steps` (a float below 1 is a ratio).
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()
+
+
+@dataclass
+class ScaleDownTrainingArguments(ScaleDownArgumentsMixin, TrainingArguments):
+    """
+    Training arguments of [`ScaleDownTrainer`]. Defaults follow OSCAR: AdamW, linear schedule, warmup 5%, weight decay
+    0.1, max grad norm 1.0, one epoch, 5 documents per query. The learning rates of the generator's LoRA adapters and
+    of the compressor (+ projection + reranking head) come from the model's configuration (1e-4; 5e-5 for an N-layers
+    compressor) unless given here; `learning_rate` itself is then unused.
+    """
+
+    _base_has_warmup_ratio: ClassVar[bool] = "warmup_ratio" in {f.name for f in fields(TrainingArguments)}

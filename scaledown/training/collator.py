@@ -21,9 +21,11 @@ class ScaleDownDataCollator:
         scores_field (`str`): column with one teacher relevance score per document, used when reranking is on.
         max_documents (`int`, *optional*): keep the top documents of each row (5 in OSCAR's training).
         max_answer_length (`int`): answer tokens kept.
-        pad_to_fixed_length (`bool`): pad every tensor to a length that depends on the configuration only, so that
-            XLA compiles one graph. Needs `max_prompt_length` and rows with exactly `max_documents` documents.
-        max_prompt_length (`int`, *optional*): generator prompt + answer length under `pad_to_fixed_length`.
+        pad_to_fixed_length (`bool`): pad every tensor to a fixed length (compressor rows: the longest possible row
+            under the configuration; prompts: `max_prompt_length`), so that XLA compiles one graph. Needs rows with
+            exactly `max_documents` documents; check a dataset against it with [`~ScaleDownDataCollator.fit`].
+        max_prompt_length (`int`, *optional*): generator prompt + answer length under `pad_to_fixed_length`; set by
+            [`~ScaleDownDataCollator.fit`] when left unset.
     """
 
     tokenizer: object
@@ -45,8 +47,51 @@ class ScaleDownDataCollator:
         return cls(model.tokenizer, model.compressor_tokenizer, model.config, **kwargs)
 
     def __post_init__(self):
-        if self.pad_to_fixed_length and (self.max_prompt_length is None or self.max_documents is None):
-            raise ValueError("`pad_to_fixed_length` needs `max_prompt_length` and `max_documents`.")
+        if self.pad_to_fixed_length and self.max_documents is None:
+            raise ValueError("`pad_to_fixed_length` needs `max_documents`.")
+
+    def fit(self, rows, multiple: int = 64, batch_size: int = 256) -> "ScaleDownDataCollator":
+        """Check, before training starts, that every row fits the fixed shapes (a failure inside an XLA data-loader
+        thread would only end the epoch early), and set `max_prompt_length`, when unset, to the longest prompt +
+        answer rounded up to `multiple`. `rows`: a `datasets.Dataset` or a list of dicts. No-op without
+        `pad_to_fixed_length`."""
+        if not self.pad_to_fixed_length:
+            return self
+        longest = 0
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            if isinstance(batch, dict):  # a datasets slice: columns -> rows
+                batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            for offset, row in enumerate(batch):
+                if len(row["documents"]) < self.max_documents:
+                    raise ValueError(
+                        f"Row {start + offset} has {len(row['documents'])} documents; fixed shapes need at least "
+                        f"{self.max_documents} (`num_train_documents`)."
+                    )
+            lengths = self._generator_inputs(batch)["attention_mask"].sum(dim=1)
+            longest = max(longest, int(lengths.max()))
+        if self.max_prompt_length is None:
+            self.max_prompt_length = -(-longest // multiple) * multiple
+        elif longest > self.max_prompt_length:
+            raise ValueError(
+                f"The longest prompt + answer has {longest} tokens, more than `max_prompt_length` "
+                f"({self.max_prompt_length}): raise it, or leave it unset to fit the data."
+            )
+        return self
+
+    def _generator_inputs(self, rows: list[dict], pad_to_length: int | None = None) -> dict[str, torch.Tensor]:
+        documents = [list(row["documents"])[: self.max_documents] for row in rows]
+        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
+        return build_generator_inputs(
+            self.tokenizer,
+            self.config,
+            [row["question"] for row in rows],
+            [[placeholders] * len(d) for d in documents],
+            answers=[self._answer(row, i) for i, row in enumerate(rows)],
+            padding_side="right",
+            pad_to_length=pad_to_length,
+            max_answer_length=self.max_answer_length,
+        )
 
     def _answer(self, row: dict, index: int) -> str:
         if self.answer_field not in row:
@@ -65,27 +110,15 @@ class ScaleDownDataCollator:
         config = self.config
         questions = [row["question"] for row in rows]
         documents = [list(row["documents"])[: self.max_documents] for row in rows]
-        answers = [self._answer(row, i) for i, row in enumerate(rows)]
-        if self.pad_to_fixed_length and any(len(d) != self.max_documents for d in documents):
-            raise ValueError(f"Fixed shapes need exactly {self.max_documents} documents per row.")
-
         compressor_length = None
         if self.pad_to_fixed_length:
+            if any(len(d) != self.max_documents for d in documents):
+                raise ValueError(f"Fixed shapes need exactly {self.max_documents} documents per row.")
+            if self.max_prompt_length is None:
+                raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`: set it, or call `fit(dataset)`.")
             compressor_length = max_compressor_length(self.compressor_tokenizer, config)
         batch = build_compressor_inputs(self.compressor_tokenizer, config, questions, documents, compressor_length)
-        placeholders = [config.memory_token_id] * config.num_memory_tokens
-        batch.update(
-            build_generator_inputs(
-                self.tokenizer,
-                config,
-                questions,
-                [[placeholders] * len(d) for d in documents],
-                answers=answers,
-                padding_side="right",
-                pad_to_length=self.max_prompt_length if self.pad_to_fixed_length else None,
-                max_answer_length=self.max_answer_length,
-            )
-        )
+        batch.update(self._generator_inputs(rows, self.max_prompt_length if self.pad_to_fixed_length else None))
         if config.enable_reranking and all(self.scores_field in row for row in rows):
             scores = []
             for i, (row, docs) in enumerate(zip(rows, documents)):

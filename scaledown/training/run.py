@@ -1,7 +1,10 @@
 """`scaledown train`: build (or load) a ScaleDown model and distil it on a labelled dataset with `ScaleDownTrainer`.
 
 Arguments come from `HfArgumentParser` over [`ModelArguments`], [`DataArguments`] and
-[`ScaleDownTrainingArguments`]: a JSON or YAML file, then command-line overrides (`--key value`).
+[`ScaleDownTrainingArguments`]: a JSON or YAML file, then command-line overrides (`--key value`). `--device trainium`
+(or `device: trainium` in the file) trains on AWS Trainium with `ScaleDownNeuronTrainer` and
+`ScaleDownNeuronTrainingArguments` (needs optimum-neuron and the Neuron SDK); `--device cpu` forces the CPU; the
+default (`auto`) lets the Trainer pick CUDA, XLA, MPS or the CPU.
 """
 
 import json
@@ -68,10 +71,62 @@ class DataArguments:
         self.dataset_dir = os.path.expanduser(self.dataset_dir)
 
 
-def parse_args(argv: list[str] | None = None):
-    """`[CONFIG.json|CONFIG.yaml] [--key value ...]`: file values, overridden by the command line."""
+@dataclass
+class PretrainingDataArguments:
+    """Plain text for `scaledown pretrain` (see `scaledown.training.pretraining`)."""
+
+    data: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Text sources: .txt files, SQuAD .json files, dataset folders or hf:NAME[:CONFIG] (default: the "
+            "passages of the shipped SQuAD sample)."
+        },
+    )
+    text_column: str = field(default="text", metadata={"help": "Text column of dataset sources."})
+    autoencoding_ratio: float = field(
+        default=0.5, metadata={"help": "Share of auto-encoding rows; the rest are continuation rows."}
+    )
+    continuation_length: int | None = field(
+        default=None, metadata={"help": "Continuation target tokens (default: doc_max_length)."}
+    )
+    held_out_rows: int = field(
+        default=32, metadata={"help": "Rows held out to measure reconstruction and perplexity before and after."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.autoencoding_ratio <= 1.0:
+            raise ValueError(f"`autoencoding_ratio` must be in [0, 1], got {self.autoencoding_ratio}.")
+        if self.held_out_rows < 0:
+            raise ValueError(f"`held_out_rows` must be >= 0, got {self.held_out_rows}.")
+
+
+DEVICES = ("auto", "cpu", "trainium")
+
+
+def _pop_device(argv: list[str], default: str) -> str:
+    """Remove `--device X` / `--device=X` from `argv` and return X (or `default`)."""
+    device = default
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            device = argv[i + 1]
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    if device not in DEVICES:
+        raise ValueError(f"`--device` must be one of {DEVICES}, got {device!r}.")
+    return device
+
+
+def parse_args(argv: list[str] | None = None, data_class=DataArguments):
+    """`[CONFIG.json|CONFIG.yaml] [--device auto|cpu|trainium] [--key value ...]`: file values, overridden by the
+    command line. Returns `(ModelArguments, DataArguments, training arguments)`; the training arguments are
+    `ScaleDownNeuronTrainingArguments` for `--device trainium`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, ScaleDownTrainingArguments))
+    defaults = {}
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv.pop(0))
         if not path.is_file():
@@ -82,6 +137,16 @@ def parse_args(argv: list[str] | None = None):
             import yaml
 
             defaults = yaml.safe_load(path.read_text()) or {}
+    device = _pop_device(argv, defaults.pop("device", "auto"))
+    arguments_class = ScaleDownTrainingArguments
+    if device == "trainium":
+        from .neuron_trainer import ScaleDownNeuronTrainingArguments  # ImportError saying what to install
+
+        arguments_class = ScaleDownNeuronTrainingArguments
+    elif device == "cpu":
+        argv.append("--use_cpu=true")
+    parser = HfArgumentParser((ModelArguments, data_class, arguments_class))
+    if defaults:
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - known)
         if unknown:
@@ -132,6 +197,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     from .trainer import ScaleDownTrainer
 
+    trainer_class = ScaleDownTrainer
+    if not isinstance(training_args, ScaleDownTrainingArguments):  # --device trainium
+        from .neuron_trainer import ScaleDownNeuronTrainer as trainer_class
     set_seed(training_args.seed)
     model = build_model(model_args)
     dataset = load_from_disk(data_args.dataset_dir)
@@ -143,7 +211,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     evaluation = dataset[data_args.eval_split] if data_args.eval_split else None
-    trainer = ScaleDownTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation)
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -153,6 +221,75 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     return result
 
 
+def run_pretraining(
+    model_args: ModelArguments, data_args: PretrainingDataArguments, training_args: ScaleDownTrainingArguments
+) -> dict:
+    """Pretrain compressor + projection (and the generator's LoRA adapters, as configured) with auto-encoding and
+    continuation, measure both tasks on held-out rows before and after, save the model and
+    `pretraining_eval.json` to `training_args.output_dir`. Returns that report."""
+    from .pretraining import (
+        PretrainingCollator,
+        default_sources,
+        evaluate_pretraining,
+        make_pretraining_rows,
+        read_texts,
+        split_rows,
+    )
+    from .trainer import ScaleDownTrainer
+
+    if model_args.compressor_type == "n_layers" and not model_args.model_name_or_path:
+        logger.warning("OSCAR's N-layers compressor needs no pretraining; pretraining it anyway.")
+    set_seed(training_args.seed)
+    model = build_model(model_args)
+    texts = read_texts(data_args.data or default_sources(), data_args.text_column)
+    rows = make_pretraining_rows(
+        texts,
+        model.compressor_tokenizer,
+        model.config.doc_max_length,
+        data_args.continuation_length,
+        data_args.autoencoding_ratio,
+        seed=training_args.seed,
+    )
+    train, held_out = split_rows(rows, data_args.held_out_rows, seed=training_args.seed)
+    if data_args.max_train_samples is not None:
+        train = train[: data_args.max_train_samples]
+    if not train:
+        raise ValueError("No pretraining text: give `--data` sources with some text in them.")
+    logger.warning(f"Pretraining on {len(train)} chunks ({len(held_out)} held out) from {len(texts)} passages.")
+    from datasets import Dataset
+
+    report = {"train_rows": len(train), "held_out_rows": len(held_out)}
+    if held_out:
+        report["before"] = evaluate_pretraining(model, held_out)
+    collator = PretrainingCollator.from_model(
+        model,
+        max_answer_length=max(model.config.doc_max_length, data_args.continuation_length or 0) + 8,
+        pad_to_fixed_length=training_args.pad_to_fixed_length,
+        max_prompt_length=training_args.max_prompt_length,
+    )
+    trainer = ScaleDownTrainer(
+        model=model, args=training_args, train_dataset=Dataset.from_list(train), data_collator=collator
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    report["train"] = {**result.metrics, "global_step": result.global_step, "log_history": trainer.state.log_history}
+    if held_out:
+        report["after"] = evaluate_pretraining(model, held_out)
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, "pretraining_eval.json"), "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     run_training(*parse_args(argv))
+    return 0
+
+
+def pretrain_main(argv: list[str] | None = None) -> int:
+    report = run_pretraining(*parse_args(argv, data_class=PretrainingDataArguments))
+    for stage in ("before", "after"):
+        if stage in report:
+            metrics = {k: v for k, v in report[stage].items() if k != "examples"}
+            logger.warning(f"{stage} pretraining: {metrics}")
     return 0

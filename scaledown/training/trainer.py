@@ -72,21 +72,19 @@ def parameter_groups(model, decay_names, weight_decay: float, lr_generator=None,
     return groups
 
 
-class ScaleDownTrainer(Trainer):
-    """Trains a [`ScaleDownForCausalLM`] by sentence-level distillation (OSCAR).
-
-    The loss is [`~scaledown.training.losses.distillation_loss`]: cross-entropy on the teacher's answer +
-    `reranking_loss_weight` x MSE of the relevance scores against the teacher's (+ an optional KL to teacher logits).
-    Its terms are logged as `ce`, `rerank_mse` and `kl`. The data collator defaults to [`ScaleDownDataCollator`] built
-    from the model's tokenizers and the arguments.
-    """
+class DistillationTrainerMixin:
+    """What every ScaleDown trainer shares, whatever its base class (`transformers.Trainer`, optimum-neuron's
+    `NeuronTrainer`): the default data collator (checked against the training set under fixed shapes), the
+    distillation `compute_loss`, pair counting for the reranking term, per-module learning rates and the logging of
+    the loss terms. Put it first among the bases."""
 
     # `compute_loss` returns a loss already scaled for gradient accumulation (see `distillation_loss`).
     loss_is_scaled_for_ga = True
+    default_arguments_class = ScaleDownTrainingArguments
 
-    def __init__(self, model=None, args: ScaleDownTrainingArguments | None = None, data_collator=None, **kwargs):
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, **kwargs):
         if args is None:
-            args = ScaleDownTrainingArguments(output_dir="scaledown_output")
+            args = self.default_arguments_class(output_dir="scaledown_output")
         if data_collator is None and model is not None:
             data_collator = ScaleDownDataCollator.from_model(
                 model,
@@ -96,38 +94,17 @@ class ScaleDownTrainer(Trainer):
                 pad_to_fixed_length=getattr(args, "pad_to_fixed_length", False),
                 max_prompt_length=getattr(args, "max_prompt_length", None),
             )
-        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        if isinstance(data_collator, ScaleDownDataCollator) and train_dataset is not None:
+            data_collator.fit(train_dataset)
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
         # Make the Trainer count the label tokens of each accumulated batch (`num_items_in_batch`) and leave our loss
-        # unscaled: both transformers 4.57 and 5 read this flag.
+        # unscaled: transformers 4.57 and 5 and optimum-neuron read this flag.
         self.model_accepts_loss_kwargs = True
         self._loss_terms = defaultdict(list)
 
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *completely written* checkpoint."""
-        if resume_from_checkpoint is True or resume_from_checkpoint == "true":
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
-            logger.warning(f"Resuming from {resume_from_checkpoint}.")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _save(self, output_dir=None, *args, **kwargs):
-        """Save as the Trainer does, but the training arguments as JSON instead of a pickle (`training_args.bin`)."""
-        super()._save(output_dir, *args, **kwargs)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        pickled = Path(output_dir) / "training_args.bin"
-        if self.args.should_save and pickled.exists():
-            pickled.unlink()
-            (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string())
-
-    def _save_checkpoint(self, model, trial, *args, **kwargs):
-        super()._save_checkpoint(model, trial, *args, **kwargs)
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            with open(folder / CHECKPOINT_COMPLETE, "w") as handle:
-                json.dump({"global_step": self.state.global_step}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+    def _num_processes(self) -> int:
+        """Processes over which the token and pair counts of a batch are gathered."""
+        return max(int(getattr(self.accelerator, "num_processes", 1) or 1), 1)
 
     def create_optimizer(self, *args, **kwargs):
         if self.optimizer is None:
@@ -158,9 +135,6 @@ class ScaleDownTrainer(Trainer):
                 total = self.accelerator.gather(total).sum()
             self._num_pairs_in_batch = total
         return batch_samples, num_items_in_batch
-
-    def _num_processes(self) -> int:
-        return max(int(getattr(self.accelerator, "num_processes", 1) or 1), 1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -194,8 +168,8 @@ class ScaleDownTrainer(Trainer):
             num_pairs_in_batch=num_pairs,
         )
         prefix = "" if model.training else "eval_"
-        for key, value in terms.items():
-            self._loss_terms[prefix + key].append(float(value))
+        for key, value in terms.items():  # kept on the device until logged: no host sync per step (XLA)
+            self._loss_terms[prefix + key].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
@@ -206,6 +180,44 @@ class ScaleDownTrainer(Trainer):
             if values and (
                 (training_log and not key.startswith("eval_")) or (evaluation_log and key.startswith("eval_"))
             ):
-                logs[key] = round(sum(values) / len(values), 4)
+                logs[key] = round(torch.stack(values).float().mean().item(), 4)
                 values.clear()
         super().log(logs, *args, **kwargs)
+
+
+class ScaleDownTrainer(DistillationTrainerMixin, Trainer):
+    """Trains a [`ScaleDownForCausalLM`] by sentence-level distillation (OSCAR).
+
+    The loss is [`~scaledown.training.losses.distillation_loss`]: cross-entropy on the teacher's answer +
+    `reranking_loss_weight` x MSE of the relevance scores against the teacher's (+ an optional KL to teacher logits).
+    Its terms are logged as `ce`, `rerank_mse` and `kl`. The data collator defaults to [`ScaleDownDataCollator`] built
+    from the model's tokenizers and the arguments. Checkpoints are safetensors with the training arguments as JSON and
+    a completion marker; `train(resume_from_checkpoint=True)` resumes from the newest complete one.
+    """
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *completely written* checkpoint."""
+        if resume_from_checkpoint is True or resume_from_checkpoint == "true":
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+            logger.warning(f"Resuming from {resume_from_checkpoint}.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save(self, output_dir=None, *args, **kwargs):
+        """Save as the Trainer does, but the training arguments as JSON instead of a pickle (`training_args.bin`)."""
+        super()._save(output_dir, *args, **kwargs)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        pickled = Path(output_dir) / "training_args.bin"
+        if self.args.should_save and pickled.exists():
+            pickled.unlink()
+            (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string())
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            with open(folder / CHECKPOINT_COMPLETE, "w") as handle:
+                json.dump({"global_step": self.state.global_step}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())

@@ -1,0 +1,183 @@
+"""Learning curve of the demo recipe: held-out Match of the compressed model against training length.
+
+Same pipeline as `scaledown demo` (SmolLM2-135M-Instruct, 5-layer compressor, BM25 top-5 for training and top-10 for
+evaluation over 128-token chunks, self-distillation from the base generator, MiniLM relevance teacher), on more
+SQuAD questions and for longer. The uncompressed base generator is evaluated once on the held-out questions; the
+compressed model is evaluated every `--eval-every` steps on the same questions with the same prompt and decoding, and
+the pairwise Match difference is recorded. Results are rewritten after every evaluation (JSON + PNG), so a run that
+is stopped early keeps its curve; teacher labels are journaled, so a rerun resumes labelling.
+
+    python benchmarks/learning_curve.py --data ../shared/data/squad/squaddev_v1.1.json --max-steps 360
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, TrainerCallback, set_seed
+
+from scaledown import ScaleDownForCausalLM
+from scaledown.evaluation.benchmark import SAMPLE
+from scaledown.evaluation.run import evaluate_model, paired_match
+from scaledown.offline_weights import minilm_path, smollm2_path
+from scaledown.training.arguments import ScaleDownTrainingArguments
+from scaledown.training.data import prepare_data
+from scaledown.training.labeling import label_dataset
+from scaledown.training.trainer import ScaleDownTrainer
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SAMPLE), help="SQuAD-format file (default: the shipped sample).")
+    parser.add_argument("--output-dir", default="outputs/learning-curve")
+    parser.add_argument("--train-questions", type=int, default=480)
+    parser.add_argument("--eval-questions", type=int, default=80)
+    parser.add_argument("--max-steps", type=int, default=360)
+    parser.add_argument("--eval-every", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate-generator", type=float, default=1e-4)
+    parser.add_argument("--learning-rate-compressor", type=float, default=5e-5)
+    parser.add_argument("--teacher-max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+class CurveCallback(TrainerCallback):
+    """Evaluates the compressed model on the held-out rows every `every` steps and rewrites the results."""
+
+    def __init__(self, model, rows, baseline, every, write):
+        self.model, self.rows, self.baseline, self.every, self.write = model, rows, baseline, every, write
+        self.points = []
+        self.started = time.perf_counter()
+
+    def evaluate(self, step: int, train_seconds: float):
+        report = evaluate_model(self.model, self.rows, num_documents=10, with_baseline=False, max_new_tokens=32)
+        compressed = _matches(report["records"])
+        point = {
+            "step": step,
+            "examples_seen": None,
+            "train_seconds": round(train_seconds, 1),
+            "match": report["compressed"]["gold"]["match"],
+            "f1": report["compressed"]["gold"]["f1"],
+            "teacher_rouge_l": report["compressed"]["teacher_fidelity"]["rouge_l"],
+            "paired": paired_match(compressed, self.baseline),
+        }
+        self.points.append(point)
+        self.model.train()
+        return point
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            seconds = time.perf_counter() - self.started - sum(p.get("eval_seconds", 0) for p in self.points)
+            began = time.perf_counter()
+            point = self.evaluate(state.global_step, seconds)
+            point["examples_seen"] = state.global_step * args.per_device_train_batch_size
+            point["eval_seconds"] = round(time.perf_counter() - began, 1)
+            point["loss"] = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+            self.write(self.points)
+
+
+def _matches(records):
+    return [r["compressed_match"] for r in records if r["gold_answers"]]
+
+
+def plot(points, baseline_match, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p["examples_seen"] for p in points], [p["match"] for p in points], "o-", label="ScaleDown (compressed)")
+    ax.axhline(baseline_match, color="grey", linestyle="--", label="uncompressed base generator")
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel("held-out Match")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    options = parse()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(options.seed)
+    generator = str(smollm2_path())
+    tokenizer = AutoTokenizer.from_pretrained(generator)
+    if not (out / "data").exists():
+        prepare_data(
+            [f"squad:{options.data}"],
+            tokenizer,
+            out / "data",
+            train_top_k=5,
+            eval_top_k=10,
+            held_out_fraction=0.2,
+            max_train_questions=options.train_questions,
+            max_eval_questions=options.eval_questions,
+            seed=options.seed,
+        )
+    model = ScaleDownForCausalLM.from_generator(generator, num_compressor_layers=5, enable_reranking=True)
+    began = time.perf_counter()
+    labelled = label_dataset(
+        out / "data",
+        out / "data-labelled",
+        model.generator,
+        teacher_tokenizer=tokenizer,
+        config=model.config,
+        bi_encoder=str(minilm_path()),
+        max_new_tokens=options.teacher_max_new_tokens,
+        with_answers=["train"],
+    )
+    label_seconds = time.perf_counter() - began
+    rows = labelled["test"].to_list()
+    baseline_file = out / "baseline.json"
+    if baseline_file.exists():
+        baseline = json.loads(baseline_file.read_text())
+    else:
+        report = evaluate_model(model, rows, num_documents=10, with_baseline=True, max_new_tokens=32)
+        baseline = {
+            "match": report["uncompressed"]["gold"]["match"],
+            "matches": [r["uncompressed_match"] for r in report["records"] if r["gold_answers"]],
+            "before_training_match": report["compressed"]["gold"]["match"],
+        }
+        baseline_file.write_text(json.dumps(baseline))
+
+    def write(points):
+        result = {
+            "settings": vars(options),
+            "data": {split: len(labelled[split]) for split in labelled},
+            "label_seconds": round(label_seconds, 1),
+            "uncompressed_match": baseline["match"],
+            "compressed_match_before_training": baseline["before_training_match"],
+            "points": points,
+        }
+        (out / "learning_curve.json").write_text(json.dumps(result, indent=2))
+        plot(points, baseline["match"], out / "learning_curve.png")
+
+    args = ScaleDownTrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.batch_size,
+        learning_rate_generator=options.learning_rate_generator,
+        learning_rate_compressor=options.learning_rate_compressor,
+        num_train_documents=5,
+        logging_steps=10,
+        save_strategy="no",
+        seed=options.seed,
+        use_cpu=True,
+        disable_tqdm=False,
+    )
+    callback = CurveCallback(model, rows, baseline["matches"], options.eval_every, write)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=labelled["train"], callbacks=[callback])
+    trainer.train()
+    print(json.dumps(callback.points, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Compressor pretraining (`scaledown pretrain`): align an encoder or small-LLM compressor with the generator.
+
+OSCAR pretrains its encoder and LLM compressors before fine-tuning (the N-layers compressor needs none): on plain text,
+the compressor reads a chunk of `doc_max_length` tokens (with an empty query) and the generator, reading only its
+memory embeddings, either reconstructs the chunk (auto-encoding) or continues the text that follows it
+(continuation); the two tasks are mixed by `autoencoding_ratio` (0.5 by default). Training uses the very
+[`ScaleDownTrainer`] and distillation loss of fine-tuning (cross-entropy on the target tokens; no reranking term);
+only the collator differs: [`PretrainingCollator`].
+
+Data: local text files (`.txt`, blank-line separated passages), SQuAD JSON files (their passages), a `datasets` text
+dataset (`hf:NAME[:CONFIG]`, or a folder written by `save_to_disk`, with a `text` column); offline default: the
+passages of the shipped SQuAD sample.
+"""
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.utils import logging
+
+from ..configuration_scaledown import ScaleDownConfig
+from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
+
+
+logger = logging.get_logger(__name__)
+
+AUTOENCODING, CONTINUATION = "autoencoding", "continuation"
+INSTRUCTIONS = {
+    AUTOENCODING: "Repeat the background document word for word.",
+    CONTINUATION: "Continue the background document with the text that follows it.",
+}
+
+
+def read_texts(sources: list[str], text_column: str = "text") -> list[str]:
+    """Passages from `sources`: `.txt` files (split on blank lines), SQuAD `.json` files (their contexts), `hf:NAME`
+    / `hf:NAME:CONFIG` hub datasets or `save_to_disk` folders (the `text_column` of every split). Empty ones are
+    dropped, duplicates kept once (in order)."""
+    from .data import read_squad
+
+    texts = []
+    for source in sources:
+        path = Path(source)
+        if source.startswith("hf:") or path.is_dir():
+            import datasets
+
+            if path.is_dir():
+                loaded = datasets.load_from_disk(str(path))
+            else:
+                name, _, config = source[3:].partition(":")
+                loaded = datasets.load_dataset(name, config or None)
+            splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
+            for split in splits:
+                if text_column not in split.column_names:
+                    raise ValueError(f"{source}: no `{text_column}` column (has {split.column_names}).")
+                texts += list(split[text_column])
+        elif path.suffix == ".json":
+            texts += [p for record in read_squad(path) for p in record.passages]
+        elif path.suffix in (".txt", ".md"):
+            if not path.is_file():
+                raise FileNotFoundError(f"Pretraining text {path} does not exist.")
+            texts += path.read_text(encoding="utf-8").split("\n\n")
+        else:
+            raise ValueError(f"{source}: expected a .txt/.md file, a SQuAD .json file, a dataset folder or hf:NAME.")
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+
+
+def make_pretraining_rows(
+    texts: list[str],
+    tokenizer,
+    chunk_length: int,
+    continuation_length: int | None = None,
+    autoencoding_ratio: float = 0.5,
+    seed: int = 0,
+) -> list[dict]:
+    """Cut every text into consecutive chunks of `chunk_length` tokens of `tokenizer` (the compressor's: a chunk is
+    what it reads, `doc_max_length`) and give each a task: auto-encoding with probability `autoencoding_ratio`, else
+    continuation, whose target is the next `continuation_length` tokens (default: `chunk_length`); a chunk with
+    nothing after it is always auto-encoded. Rows: `{"text", "continuation", "task"}`."""
+    if not 0.0 <= autoencoding_ratio <= 1.0:
+        raise ValueError(f"`autoencoding_ratio` must be in [0, 1], got {autoencoding_ratio}.")
+    if chunk_length < 1:
+        raise ValueError(f"`chunk_length` must be >= 1, got {chunk_length}.")
+    continuation_length = continuation_length or chunk_length
+    rng = random.Random(seed)
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), chunk_length):
+            chunk = ids[start : start + chunk_length]
+            following = ids[start + chunk_length : start + chunk_length + continuation_length]
+            task = AUTOENCODING if not following or rng.random() < autoencoding_ratio else CONTINUATION
+            rows.append(
+                {
+                    "text": tokenizer.decode(chunk),
+                    "continuation": tokenizer.decode(following) if following else "",
+                    "task": task,
+                }
+            )
+    return rows
+
+
+@dataclass
+class PretrainingCollator:
+    """Batches of pretraining rows (`text`, `continuation`, `task`, see [`make_pretraining_rows`]) for
+    [`ScaleDownTrainer`]: the compressor reads `[start][empty query][<DOC>][text][<MEM_1>..<MEM_l>]([<RR>])`, the
+    generator reads the task's instruction with the memory as its one background document, and the labels are the
+    target's tokens (the text itself, or its continuation). Same keys as [`ScaleDownDataCollator`], no teacher scores.
+
+    Args:
+        tokenizer, compressor_tokenizer, config: as in [`ScaleDownDataCollator`].
+        max_answer_length (`int`): target tokens kept.
+        pad_to_fixed_length (`bool`), max_prompt_length (`int`, *optional*): fixed shapes for XLA.
+    """
+
+    tokenizer: object
+    compressor_tokenizer: object
+    config: ScaleDownConfig
+    max_answer_length: int = 160
+    pad_to_fixed_length: bool = False
+    max_prompt_length: int | None = None
+
+    @classmethod
+    def from_model(cls, model, **kwargs) -> "PretrainingCollator":
+        if model.tokenizer is None or model.compressor_tokenizer is None:
+            raise ValueError("The model has no tokenizers: build it with `from_generator` or `from_pretrained`.")
+        return cls(model.tokenizer, model.compressor_tokenizer, model.config, **kwargs)
+
+    @staticmethod
+    def target(row: dict) -> str:
+        if row.get("task") not in INSTRUCTIONS:
+            raise ValueError(f"Pretraining row task must be one of {list(INSTRUCTIONS)}, got {row.get('task')!r}.")
+        return row["text"] if row["task"] == AUTOENCODING else row["continuation"]
+
+    def generator_inputs(self, rows: list[dict], with_targets: bool = True, padding_side: str = "right") -> dict:
+        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
+        targets = [self.target(row) for row in rows]  # checks the tasks
+        return build_generator_inputs(
+            self.tokenizer,
+            self.config,
+            [INSTRUCTIONS[row["task"]] for row in rows],
+            [[placeholders] for _ in rows],
+            answers=targets if with_targets else None,
+            padding_side=padding_side,
+            pad_to_length=self.max_prompt_length if self.pad_to_fixed_length else None,
+            max_answer_length=self.max_answer_length,
+        )
+
+    def compressor_inputs(self, rows: list[dict]) -> dict:
+        length = max_compressor_length(self.compressor_tokenizer, self.config) if self.pad_to_fixed_length else None
+        return build_compressor_inputs(
+            self.compressor_tokenizer, self.config, [""] * len(rows), [[row["text"]] for row in rows], length
+        )
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.pad_to_fixed_length and self.max_prompt_length is None:
+            raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`.")
+        return {**self.compressor_inputs(rows), **self.generator_inputs(rows)}
+
+
+@torch.no_grad()
+def evaluate_pretraining(model, rows: list[dict], batch_size: int = 8, max_new_tokens: int | None = None) -> dict:
+    """On held-out pretraining rows: auto-encoding reconstruction (greedy; ROUGE-L and token F1 against the chunk)
+    and continuation perplexity (exp of the per-token cross-entropy of the true continuation given the memory)."""
+    from ..evaluation import load_metric
+
+    model.eval()
+    collator = PretrainingCollator.from_model(model)
+    device = next(model.parameters()).device
+    autoencoding = [dict(r, task=AUTOENCODING) for r in rows]
+    continuation = [dict(r, task=CONTINUATION) for r in rows if r["continuation"]]
+    max_new_tokens = max_new_tokens or model.config.doc_max_length + 8
+    reconstructions = []
+    for start in range(0, len(autoencoding), batch_size):
+        batch = autoencoding[start : start + batch_size]
+        memory = model.compress(**{k: v.to(device) for k, v in collator.compressor_inputs(batch).items()})
+        prompts = collator.generator_inputs(batch, with_targets=False, padding_side="left")
+        output = model.generate(
+            **{k: v.to(device) for k, v in prompts.items()},
+            memory_embeddings=memory.memory_embeddings,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+        reconstructions += model.tokenizer.batch_decode(output, skip_special_tokens=True)
+    total, tokens = 0.0, 0
+    for start in range(0, len(continuation), batch_size):
+        batch = collator(continuation[start : start + batch_size])
+        labels = batch.pop("labels").to(device)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        total += float(
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+        )
+        tokens += int((targets != -100).sum())
+    scores = load_metric("rag_qa").compute(
+        predictions=[r.strip() for r in reconstructions], references=[[r["text"]] for r in autoencoding]
+    )
+    return {
+        "rows": len(rows),
+        "autoencoding_rouge_l": round(scores["rouge_l"], 4),
+        "autoencoding_f1": round(scores["f1"], 4),
+        "continuation_perplexity": round(math.exp(total / max(tokens, 1)), 3),
+        "continuation_tokens": tokens,
+        "examples": [{"text": r["text"], "reconstruction": p} for r, p in zip(autoencoding[:3], reconstructions)],
+    }
+
+
+def split_rows(rows: list[dict], held_out: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Shuffle and hold out `held_out` rows (among those with a continuation, so both metrics apply)."""
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    test = [i for i in order if rows[i]["continuation"]][:held_out]
+    chosen = set(test)
+    return [rows[i] for i in order if i not in chosen], [rows[i] for i in test]
+
+
+def default_sources() -> list[str]:
+    from ..evaluation.benchmark import SAMPLE
+
+    return [os.fspath(SAMPLE)]
