@@ -27,9 +27,11 @@ def test_rows_are_consecutive_chunks_with_their_continuation():
     tokenizer = model.compressor_tokenizer
     rows = make_pretraining_rows(TEXTS, tokenizer, chunk_length=16, autoencoding_ratio=0.5, seed=0)
     ids = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
-    first = [r for r in rows][: -(-len(ids) // 16)]
-    assert first[0]["text"] == tokenizer.decode(ids[:16])
-    assert first[0]["continuation"] == tokenizer.decode(ids[16:32])
+    first = rows[: -(-len(ids) // 16)]
+    assert tokenizer(first[0]["text"], add_special_tokens=False)["input_ids"] == ids[:16]
+    assert tokenizer(first[0]["continuation"], add_special_tokens=False)["input_ids"] == ids[16:32]
+    assert TEXTS[0].startswith(first[0]["text"])  # original characters, not a lower-cased re-spaced decode
+    assert first[0]["text"] + " " + first[0]["continuation"] in TEXTS[0]
     assert first[-1]["continuation"] == "" and first[-1]["task"] == AUTOENCODING  # nothing follows it
     tasks = [r["task"] for r in rows if r["continuation"]]
     assert tasks.count(AUTOENCODING) and tasks.count(CONTINUATION)

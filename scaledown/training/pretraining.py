@@ -87,15 +87,23 @@ def make_pretraining_rows(
     rng = random.Random(seed)
     rows = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+        ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")
+
+        def piece(start: int, end: int) -> str:
+            # The original characters when the tokenizer maps tokens back to them (no lower-casing or re-spacing).
+            if offsets:
+                return text[offsets[start][0] : offsets[end - 1][1]]
+            return tokenizer.decode(ids[start:end])
+
         for start in range(0, len(ids), chunk_length):
-            chunk = ids[start : start + chunk_length]
-            following = ids[start + chunk_length : start + chunk_length + continuation_length]
-            task = AUTOENCODING if not following or rng.random() < autoencoding_ratio else CONTINUATION
+            end = min(start + chunk_length, len(ids))
+            following = min(end + continuation_length, len(ids))
+            task = AUTOENCODING if following == end or rng.random() < autoencoding_ratio else CONTINUATION
             rows.append(
                 {
-                    "text": tokenizer.decode(chunk),
-                    "continuation": tokenizer.decode(following) if following else "",
+                    "text": piece(start, end),
+                    "continuation": piece(end, following) if following > end else "",
                     "task": task,
                 }
             )
