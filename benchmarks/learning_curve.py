@@ -62,7 +62,8 @@ class CurveCallback(TrainerCallback):
             "train_seconds": round(train_seconds, 1),
             "match": report["compressed"]["gold"]["match"],
             "f1": report["compressed"]["gold"]["f1"],
-            "teacher_rouge_l": report["compressed"]["teacher_fidelity"]["rouge_l"],
+            # The teacher is the base generator: its answers are the uncompressed baseline's (when recorded).
+            "teacher_rouge_l": report["compressed"]["teacher_fidelity"].get("rouge_l"),
             "paired": paired_match(compressed, self.baseline),
         }
         self.points.append(point)
@@ -145,8 +146,12 @@ def main():
             "match": report["uncompressed"]["gold"]["match"],
             "matches": [r["uncompressed_match"] for r in report["records"] if r["gold_answers"]],
             "before_training_match": report["compressed"]["gold"]["match"],
+            "answers": [r["uncompressed"] for r in report["records"]],
         }
         baseline_file.write_text(json.dumps(baseline))
+
+    for row, answer in zip(rows, baseline.get("answers", [])):
+        row["teacher_answer"] = answer
 
     def write(points):
         result = {
