@@ -89,25 +89,26 @@ def make_pretraining_rows(
     for text in texts:
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
         ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")
-
-        def piece(start: int, end: int) -> str:
-            # The original characters when the tokenizer maps tokens back to them (no lower-casing or re-spacing).
-            if offsets:
-                return text[offsets[start][0] : offsets[end - 1][1]]
-            return tokenizer.decode(ids[start:end])
-
         for start in range(0, len(ids), chunk_length):
             end = min(start + chunk_length, len(ids))
             following = min(end + continuation_length, len(ids))
             task = AUTOENCODING if following == end or rng.random() < autoencoding_ratio else CONTINUATION
             rows.append(
                 {
-                    "text": piece(start, end),
-                    "continuation": piece(end, following) if following > end else "",
+                    "text": _piece(tokenizer, text, ids, offsets, start, end),
+                    "continuation": _piece(tokenizer, text, ids, offsets, end, following) if following > end else "",
                     "task": task,
                 }
             )
     return rows
+
+
+def _piece(tokenizer, text: str, ids: list[int], offsets, start: int, end: int) -> str:
+    """Tokens `start:end` of `text`: its original characters when the tokenizer maps tokens back to them (no
+    lower-casing or re-spacing), else their decoding."""
+    if offsets:
+        return text[offsets[start][0] : offsets[end - 1][1]]
+    return tokenizer.decode(ids[start:end])
 
 
 @dataclass
