@@ -8,8 +8,20 @@ from ..configuration_scaledown import ScaleDownConfig
 from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
 
 
+class FromModelMixin:
+    """`from_model(model, **kwargs)`: a collator built from a ScaleDown model's tokenizers and configuration."""
+
+    @classmethod
+    def from_model(cls, model, **kwargs):
+        if model.tokenizer is None or model.compressor_tokenizer is None:
+            raise ValueError(
+                "The model has no tokenizers: load it with `from_pretrained` or build it with `from_generator`."
+            )
+        return cls(model.tokenizer, model.compressor_tokenizer, model.config, **kwargs)
+
+
 @dataclass
-class ScaleDownDataCollator:
+class ScaleDownDataCollator(FromModelMixin):
     """Build a training batch from rows with `question`, `documents` and the target answer.
 
     Args:
@@ -37,14 +49,6 @@ class ScaleDownDataCollator:
     max_answer_length: int = 128
     pad_to_fixed_length: bool = False
     max_prompt_length: int | None = None
-
-    @classmethod
-    def from_model(cls, model, **kwargs) -> "ScaleDownDataCollator":
-        if model.tokenizer is None or model.compressor_tokenizer is None:
-            raise ValueError(
-                "The model has no tokenizers: load it with `from_pretrained` or build it with `from_generator`."
-            )
-        return cls(model.tokenizer, model.compressor_tokenizer, model.config, **kwargs)
 
     def __post_init__(self):
         if self.pad_to_fixed_length and self.max_documents is None:

@@ -23,6 +23,7 @@ from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
 from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
+from .collator import FromModelMixin
 
 
 logger = logging.get_logger(__name__)
@@ -112,7 +113,7 @@ def _piece(tokenizer, text: str, ids: list[int], offsets, start: int, end: int) 
 
 
 @dataclass
-class PretrainingCollator:
+class PretrainingCollator(FromModelMixin):
     """Batches of pretraining rows (`text`, `continuation`, `task`, see [`make_pretraining_rows`]) for
     [`ScaleDownTrainer`]: the compressor reads `[start][empty query][<DOC>][text][<MEM_1>..<MEM_l>]([<RR>])`, the
     generator reads the task's instruction with the memory as its one background document, and the labels are the
@@ -130,12 +131,6 @@ class PretrainingCollator:
     max_answer_length: int = 160
     pad_to_fixed_length: bool = False
     max_prompt_length: int | None = None
-
-    @classmethod
-    def from_model(cls, model, **kwargs) -> "PretrainingCollator":
-        if model.tokenizer is None or model.compressor_tokenizer is None:
-            raise ValueError("The model has no tokenizers: build it with `from_generator` or `from_pretrained`.")
-        return cls(model.tokenizer, model.compressor_tokenizer, model.config, **kwargs)
 
     @staticmethod
     def target(row: dict) -> str:
@@ -195,16 +190,9 @@ def evaluate_pretraining(model, rows: list[dict], batch_size: int = 8, max_new_t
         reconstructions += model.tokenizer.batch_decode(output, skip_special_tokens=True)
     total, tokens = 0.0, 0
     for start in range(0, len(continuation), batch_size):
-        batch = collator(continuation[start : start + batch_size])
-        labels = batch.pop("labels").to(device)
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, :-1].float()
-        targets = labels[:, 1:]
-        total += float(
-            torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-        )
-        tokens += int((targets != -100).sum())
+        batch = {k: v.to(device) for k, v in collator(continuation[start : start + batch_size]).items()}
+        total += float(model(**batch, reduction="sum").loss)  # summed over the target tokens
+        tokens += int((batch["labels"][:, 1:] != -100).sum())
     scores = load_metric("rag_qa").compute(
         predictions=[r.strip() for r in reconstructions], references=[[r["text"]] for r in autoencoding]
     )

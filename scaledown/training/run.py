@@ -227,6 +227,8 @@ def run_pretraining(
     """Pretrain compressor + projection (and the generator's LoRA adapters, as configured) with auto-encoding and
     continuation, measure both tasks on held-out rows before and after, save the model and
     `pretraining_eval.json` to `training_args.output_dir`. Returns that report."""
+    from datasets import Dataset
+
     from .pretraining import (
         PretrainingCollator,
         default_sources,
@@ -256,8 +258,6 @@ def run_pretraining(
     if not train:
         raise ValueError("No pretraining text: give `--data` sources with some text in them.")
     logger.warning(f"Pretraining on {len(train)} chunks ({len(held_out)} held out) from {len(texts)} passages.")
-    from datasets import Dataset
-
     report = {"train_rows": len(train), "held_out_rows": len(held_out)}
     if held_out:
         report["before"] = evaluate_pretraining(model, held_out)
