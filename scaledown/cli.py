@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--query-tokens", type=int, default=128, help="Query length in tokens.")
     bench.add_argument("--new-tokens", type=int, default=32, help="Generated tokens.")
     bench.add_argument("--output-dir", default="outputs/benchmark", help="JSON + PNG go here.")
-    bench.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's).")
+    bench.add_argument("--dtype", default="auto",
+                       help="auto (bfloat16 where the device computes in it natively, else float32), or a dtype "
+                            "name such as float32 or bfloat16.")  # fmt: skip
     bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
     bench.set_defaults(func=_benchmark)
 

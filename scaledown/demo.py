@@ -42,6 +42,10 @@ class DemoSettings:
     benchmark_repetitions: int = field(default=2, metadata={"help": "Benchmark repetitions (medians)."})
     benchmark_memory: bool = field(default=True, metadata={"help": "Measure peak memory (fresh process per run)."})
     benchmark_profile: bool = field(default=True, metadata={"help": "Count FLOPs with torch.profiler too."})
+    benchmark_dtype: str = field(
+        default="auto",
+        metadata={"help": "Benchmark dtype: auto (bfloat16 where the device computes in it natively), float32, ..."},
+    )
     device: str | None = field(default=None, metadata={"help": "e.g. cuda (default: cpu)."})
     seed: int = field(default=0, metadata={"help": "Seed of split, sampling and training."})
 
@@ -184,6 +188,7 @@ def run_demo(settings: DemoSettings) -> dict:
             batch_sizes=settings.benchmark_batch_sizes,
             repetitions=settings.benchmark_repetitions,
             output_dir=out / "benchmark",
+            dtype=settings.benchmark_dtype,
             device=settings.device,
             measure_memory=settings.benchmark_memory,
             profile_flops=settings.benchmark_profile,

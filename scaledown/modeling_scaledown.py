@@ -361,6 +361,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
         self.tokenizer = None
         self.compressor_tokenizer = None
+        self._adapters_disabled = False  # inside `generator_adapters_disabled`
         self.post_init()
         self._set_trainable()
 
@@ -1049,15 +1050,21 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     @contextlib.contextmanager
     def generator_adapters_disabled(self):
-        """Context in which the generator runs without its LoRA adapters, i.e. as the base generator."""
+        """Context in which the generator runs without its LoRA adapters, i.e. as the base generator. Re-entrant: an
+        inner use inside an outer one changes nothing (callers can keep the adapters off across several calls)."""
+        if self._adapters_disabled:
+            yield self.generator
+            return
         merged = self.adapters_merged
         self.unmerge_adapters()
         layers = self._lora_layers()
         for layer in layers:
             layer.enable_adapters(False)
+        self._adapters_disabled = True
         try:
             yield self.generator
         finally:
+            self._adapters_disabled = False
             for layer in layers:
                 layer.enable_adapters(True)
             self._set_trainable()

@@ -207,3 +207,16 @@ def test_dense_retrieval_with_all_minilm(squad_file, tmp_path):
     assert recall_at_k(dataset["train"].to_list()) >= 0.5
     with pytest.raises(ValueError, match="retriever"):
         make_index(chunks, "tfidf")
+
+
+def test_held_out_questions_do_not_depend_on_the_training_sample_size(tmp_path):
+    """Scaling `max_train_questions` up keeps the same held-out questions, so that runs of different sizes are
+    evaluated on the same questions."""
+    from scaledown.evaluation.benchmark import SAMPLE
+
+    tokenizer = make_decoder_tokenizer()
+    kwargs = {"doc_max_length": 24, "held_out_fraction": 0.3, "max_eval_questions": 4}
+    small = prepare_data([str(SAMPLE)], tokenizer, tmp_path / "a", max_train_questions=3, **kwargs)
+    large = prepare_data([str(SAMPLE)], tokenizer, tmp_path / "b", max_train_questions=9, **kwargs)
+    assert len(small["train"]) == 3 and len(large["train"]) == 9
+    assert small["test"]["id"] == large["test"]["id"] and len(small["test"]) == 4

@@ -5,7 +5,7 @@ import pytest
 from tiny_models import make_scaledown
 
 from scaledown.evaluation import load_metric
-from scaledown.evaluation.benchmark import analytic_flops, decoder_flops, run_benchmark
+from scaledown.evaluation.benchmark import analytic_flops, decoder_flops, resolve_dtype, run_benchmark
 from scaledown.evaluation.run import evaluate_model, paired_match, summary_lines
 from scaledown.evaluation.text import (
     exact_match,
@@ -100,7 +100,7 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     result = run_benchmark(folder, batch_sizes=[1, 2], repetitions=1, new_tokens=4, output_dir=tmp_path / "bench",
-                           profile_flops=False)  # fmt: skip
+                           profile_flops=False, dtype="auto")  # fmt: skip
     summary = result["summary"]["per_batch_size"]
     assert set(summary) == {"1", "2"}
     for entry in summary.values():
@@ -108,3 +108,18 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
         assert entry["peak_memory_mib"]["uncompressed"] > 0
     assert (tmp_path / "bench" / "benchmark.json").is_file() and (tmp_path / "bench" / "benchmark.png").is_file()
     assert result["summary"]["settings"]["compressor"] == "n_layers (2 layers)"
+    assert result["summary"]["settings"]["dtype"] == resolve_dtype("auto", None)  # bfloat16 on AVX512-BF16 CPUs
+
+
+def test_benchmark_dtype_resolution(monkeypatch):
+    import scaledown.evaluation.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "has_native_bfloat16", lambda device: True)
+    assert resolve_dtype("auto", None) == "bfloat16"
+    monkeypatch.setattr(benchmark, "has_native_bfloat16", lambda device: False)
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype(None, None) is None and resolve_dtype("float32", None) == "float32"
+    with pytest.raises(ValueError, match="Unknown dtype 'float33'"):
+        resolve_dtype("float33", None)
+    with pytest.raises(ValueError, match="Unknown dtype 'Tensor'"):
+        resolve_dtype("Tensor", None)

@@ -597,6 +597,13 @@ def test_merged_adapters_give_the_same_answers_and_refuse_to_save(tmp_path, rag_
         assert (before - merged).abs().max() <= 1e-4
         assert model.generate_uncompressed(questions, documents, max_new_tokens=4) == uncompressed
         assert model.adapters_merged  # restored after the baseline ran without adapters
+        with model.generator_adapters_disabled():  # re-entrant: the inner use leaves the adapters off
+            assert not model.adapters_merged
+            assert model.generate_uncompressed(questions, documents, max_new_tokens=4) == uncompressed
+            assert not model.adapters_merged
+            base = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+            assert (before - base).abs().max() > 1e-3  # adapters really off
+        assert model.adapters_merged
         with pytest.raises(ValueError, match="unmerge_adapters"):
             model.save_pretrained(tmp_path)
         model.unmerge_adapters()

@@ -369,13 +369,14 @@ def prepare_data(
     if not records:
         raise ValueError("No data: give at least one source.")
     train, held_out = split_by_article(records, held_out_fraction, seed)
-    rng = random.Random(seed)
     splits = {}
     for name, split, k, limit in (
         ("train", train, train_top_k, max_train_questions),
         ("test", held_out, eval_top_k, max_eval_questions),
     ):
-        # The collection is every passage of the split; only the questions are sampled.
+        # The collection is every passage of the split; only the questions are sampled, each split with its own
+        # generator: the held-out questions do not depend on how many training questions are asked for.
+        rng = random.Random(f"{seed}:{name}")
         questions = rng.sample(split, limit) if limit is not None and len(split) > limit else split
         rows = build_split(questions, tokenizer, doc_max_length, k, retrieve, collection=split, retriever=retriever)
         if rows:
