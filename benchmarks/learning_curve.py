@@ -12,6 +12,7 @@ is stopped early keeps its curve; teacher labels are journaled, so a rerun resum
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -42,7 +43,37 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--teacher-max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--extra-train-questions",
+        type=int,
+        default=0,
+        help="Extend an existing run folder: add this many fresh training questions (training articles, none already "
+        "in its training split), label only those, and train on all; the held-out questions stay the same.",
+    )
     return parser.parse_args()
+
+
+def extend_training_data(out: Path, labelled, options, tokenizer, label):
+    """`labelled` with `options.extra_train_questions` more labelled training questions drawn from the training
+    articles of `options.data` (none already used); the new questions are prepared and labelled in their own folders,
+    so an interrupted extension resumes."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    from scaledown.training.data import build_split, read_source, save_dataset_atomically, split_by_article
+
+    folder = out / f"data-extra-{options.extra_train_questions}"
+    if not (folder / "dataset_dict.json").exists():
+        train, _ = split_by_article(read_source(f"squad:{options.data}"), 0.2, options.seed)
+        used = set(labelled["train"]["id"])
+        pool = [r for r in train if r.id not in used]
+        if len(pool) < options.extra_train_questions:
+            raise ValueError(f"Only {len(pool)} unused training questions, {options.extra_train_questions} asked.")
+        questions = random.Random(f"{options.seed}:extra").sample(pool, options.extra_train_questions)
+        rows = build_split(questions, tokenizer, 128, 5, collection=train)
+        save_dataset_atomically(DatasetDict({"train": Dataset.from_list(rows)}), folder)
+    extra = label(folder, folder.with_name(folder.name + "-labelled"))
+    labelled["train"] = concatenate_datasets([labelled["train"], extra["train"]])
+    return labelled
 
 
 class CurveCallback(TrainerCallback):
@@ -124,17 +155,27 @@ def main():
             seed=options.seed,
         )
     model = ScaleDownForCausalLM.from_generator(generator, num_compressor_layers=5, enable_reranking=True)
+
+    def label(source, target):
+        if (target / "dataset_dict.json").exists():  # labelled by an earlier run
+            from datasets import load_from_disk
+
+            return load_from_disk(str(target))
+        return label_dataset(
+            source,
+            target,
+            model.generator,
+            teacher_tokenizer=tokenizer,
+            config=model.config,
+            bi_encoder=str(minilm_path()),
+            max_new_tokens=options.teacher_max_new_tokens,
+            with_answers=["train"],
+        )
+
     began = time.perf_counter()
-    labelled = label_dataset(
-        out / "data",
-        out / "data-labelled",
-        model.generator,
-        teacher_tokenizer=tokenizer,
-        config=model.config,
-        bi_encoder=str(minilm_path()),
-        max_new_tokens=options.teacher_max_new_tokens,
-        with_answers=["train"],
-    )
+    labelled = label(out / "data", out / "data-labelled")
+    if options.extra_train_questions:
+        labelled = extend_training_data(out, labelled, options, tokenizer, label)
     label_seconds = time.perf_counter() - began
     rows = labelled["test"].to_list()
     baseline_file = out / "baseline.json"
