@@ -107,7 +107,6 @@ def _benchmark(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         dtype=args.dtype,
         device=args.device,
-        use_onednn=not args.no_onednn,
     )
     print(json.dumps(result["summary"], indent=2))
     return 0
@@ -209,9 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (bfloat16 where the device computes in it natively, else float32), or a dtype "
                             "name such as float32 or bfloat16.")  # fmt: skip
     bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
-    bench.add_argument("--no-onednn", action="store_true",
-                       help="Run both systems without torch's oneDNN CPU kernels (their bfloat16 matmul holds ~800 MB "
-                            "of resident memory for frozen weights).")  # fmt: skip
     bench.set_defaults(func=_benchmark)
 
     push = commands.add_parser("push", help="Upload a model folder (weights, code, tokenizers, card) in one commit.")

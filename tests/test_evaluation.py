@@ -2,7 +2,6 @@ import json
 import math
 
 import pytest
-import torch
 from tiny_models import make_scaledown
 
 from scaledown.evaluation import load_metric
@@ -101,7 +100,7 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     result = run_benchmark(folder, batch_sizes=[1, 2], repetitions=1, new_tokens=4, output_dir=tmp_path / "bench",
-                           profile_flops=False, dtype="auto", use_onednn=False)  # fmt: skip
+                           profile_flops=False, dtype="auto")  # fmt: skip
     summary = result["summary"]["per_batch_size"]
     assert set(summary) == {"1", "2"}
     for entry in summary.values():
@@ -110,7 +109,6 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
     assert (tmp_path / "bench" / "benchmark.json").is_file() and (tmp_path / "bench" / "benchmark.png").is_file()
     assert result["summary"]["settings"]["compressor"] == "n_layers (2 layers)"
     assert result["summary"]["settings"]["dtype"] == resolve_dtype("auto", None)  # bfloat16 on AVX512-BF16 CPUs
-    assert result["summary"]["settings"]["onednn"] is False and torch.backends.mkldnn.enabled  # scoped to the run
 
 
 def test_benchmark_dtype_resolution(monkeypatch):
@@ -125,15 +123,3 @@ def test_benchmark_dtype_resolution(monkeypatch):
         resolve_dtype("float33", None)
     with pytest.raises(ValueError, match="Unknown dtype 'Tensor'"):
         resolve_dtype("Tensor", None)
-
-
-def test_onednn_switch_is_scoped():
-    from scaledown.evaluation.benchmark import onednn
-
-    before = torch.backends.mkldnn.enabled
-    with onednn(not before):
-        assert torch.backends.mkldnn.enabled is (not before)
-    assert torch.backends.mkldnn.enabled is before
-    with pytest.raises(RuntimeError), onednn(False):
-        raise RuntimeError("restored even on error")
-    assert torch.backends.mkldnn.enabled is before

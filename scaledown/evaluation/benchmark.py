@@ -10,7 +10,6 @@ fresh process per setting (resident memory above the loaded model on CPU, `max_m
 Writes `benchmark.json` and `benchmark.png` to `output_dir`.
 """
 
-import contextlib
 import gc
 import json
 import os
@@ -192,20 +191,6 @@ def resolve_dtype(dtype: str | None, device: str | None) -> str | None:
     return dtype
 
 
-@contextlib.contextmanager
-def onednn(enabled: bool):
-    """Turn torch's oneDNN (mkldnn) CPU kernels on or off for a block, restoring the previous setting. Measured here:
-    with bfloat16 weights that do not require gradients (inference), oneDNN's matmul path holds ~800 MB of resident
-    memory that torch's allocator does not see, in both systems alike; off, the same forward passes run at about the
-    same speed without it."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 def _load(model_path, dtype=None, device=None):
     from ..modeling_scaledown import ScaleDownForCausalLM
 
@@ -226,7 +211,7 @@ def memory_probe(model_path, system: str, batch_size: int, settings: dict) -> fl
     )
     generate_kwargs = {"max_new_tokens": settings["new_tokens"], "min_new_tokens": settings["new_tokens"]}
     run = _run_compressed if system == "compressed" else _run_uncompressed
-    with onednn(settings.get("onednn", True)), PeakMemory(device) as peak:
+    with PeakMemory(device) as peak:
         run(model, questions, documents, generate_kwargs)
     return peak.peak_mib
 
@@ -255,21 +240,7 @@ def run_benchmark(
     device=None,
     measure_memory: bool = True,
     profile_flops: bool = True,
-    use_onednn: bool = True,
 ) -> dict:
-    """See the module docstring. `use_onednn=False` runs both systems without torch's oneDNN CPU kernels (see
-    `onednn`)."""
-    with onednn(use_onednn):
-        return _run_benchmark(
-            model_path, batch_sizes, repetitions, num_documents, query_tokens, new_tokens, output_dir, dtype, device,
-            measure_memory, profile_flops, use_onednn,
-        )  # fmt: skip
-
-
-def _run_benchmark(
-    model_path, batch_sizes, repetitions, num_documents, query_tokens, new_tokens, output_dir, dtype, device,
-    measure_memory, profile_flops, use_onednn,
-) -> dict:  # fmt: skip
     dtype = resolve_dtype(dtype, device)
     model = _load(model_path, dtype, device)
     device = next(model.parameters()).device
@@ -285,7 +256,6 @@ def _run_benchmark(
         "threads": torch.get_num_threads(),
         "compressor": f"{model.config.compressor_type} ({compressor_layers} layers)",
         "generator_layers": model.generator.config.num_hidden_layers,
-        "onednn": use_onednn,
     }
     generate_kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
     results = {}
