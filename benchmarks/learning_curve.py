@@ -29,6 +29,10 @@ from scaledown.training.labeling import label_dataset
 from scaledown.training.trainer import ScaleDownTrainer
 
 
+# The data recipe, shared by the first preparation and by `--extra-train-questions`.
+HELD_OUT_FRACTION, TRAIN_TOP_K, EVAL_TOP_K, DOC_MAX_LENGTH = 0.2, 5, 10, 128
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SAMPLE), help="SQuAD-format file (default: the shipped sample).")
@@ -63,13 +67,13 @@ def extend_training_data(out: Path, labelled, options, tokenizer, label):
 
     folder = out / f"data-extra-{options.extra_train_questions}"
     if not (folder / "dataset_dict.json").exists():
-        train, _ = split_by_article(read_source(f"squad:{options.data}"), 0.2, options.seed)
+        train, _ = split_by_article(read_source(f"squad:{options.data}"), HELD_OUT_FRACTION, options.seed)
         used = set(labelled["train"]["id"])
         pool = [r for r in train if r.id not in used]
         if len(pool) < options.extra_train_questions:
             raise ValueError(f"Only {len(pool)} unused training questions, {options.extra_train_questions} asked.")
         questions = random.Random(f"{options.seed}:extra").sample(pool, options.extra_train_questions)
-        rows = build_split(questions, tokenizer, 128, 5, collection=train)
+        rows = build_split(questions, tokenizer, DOC_MAX_LENGTH, TRAIN_TOP_K, collection=train)
         save_dataset_atomically(DatasetDict({"train": Dataset.from_list(rows)}), folder)
     extra = label(folder, folder.with_name(folder.name + "-labelled"))
     labelled["train"] = concatenate_datasets([labelled["train"], extra["train"]])
@@ -85,7 +89,9 @@ class CurveCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def evaluate(self, step: int, train_seconds: float):
-        report = evaluate_model(self.model, self.rows, num_documents=10, with_baseline=False, max_new_tokens=32)
+        report = evaluate_model(
+            self.model, self.rows, num_documents=EVAL_TOP_K, with_baseline=False, max_new_tokens=32
+        )
         compressed = _matches(report["records"])
         point = {
             "step": step,
@@ -147,9 +153,10 @@ def main():
             [f"squad:{options.data}"],
             tokenizer,
             out / "data",
-            train_top_k=5,
-            eval_top_k=10,
-            held_out_fraction=0.2,
+            doc_max_length=DOC_MAX_LENGTH,
+            train_top_k=TRAIN_TOP_K,
+            eval_top_k=EVAL_TOP_K,
+            held_out_fraction=HELD_OUT_FRACTION,
             max_train_questions=options.train_questions,
             max_eval_questions=options.eval_questions,
             seed=options.seed,
@@ -182,7 +189,7 @@ def main():
     if baseline_file.exists():
         baseline = json.loads(baseline_file.read_text())
     else:
-        report = evaluate_model(model, rows, num_documents=10, with_baseline=True, max_new_tokens=32)
+        report = evaluate_model(model, rows, num_documents=EVAL_TOP_K, with_baseline=True, max_new_tokens=32)
         baseline = {
             "match": report["uncompressed"]["gold"]["match"],
             "matches": [r["uncompressed_match"] for r in report["records"] if r["gold_answers"]],
@@ -212,7 +219,7 @@ def main():
         per_device_train_batch_size=options.batch_size,
         learning_rate_generator=options.learning_rate_generator,
         learning_rate_compressor=options.learning_rate_compressor,
-        num_train_documents=5,
+        num_train_documents=TRAIN_TOP_K,
         logging_steps=10,
         save_strategy="no",
         seed=options.seed,

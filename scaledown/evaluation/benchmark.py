@@ -174,10 +174,9 @@ def has_native_bfloat16(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
+    if device.type == "cpu":  # private torch.cpu probes: absent ones count as unsupported
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(cpu, name, lambda: False)() for name in checks)
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
 
 
