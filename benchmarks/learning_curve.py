@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, TrainerCallback, set_seed
 
 from scaledown import ScaleDownForCausalLM
 from scaledown.evaluation.benchmark import SAMPLE
+from scaledown.evaluation.likelihood import document_gain
 from scaledown.evaluation.run import evaluate_model, paired_match
 from scaledown.offline_weights import minilm_path, smollm2_path
 from scaledown.training.arguments import ScaleDownTrainingArguments
@@ -47,6 +48,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--teacher-max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-document-gain",
+        action="store_true",
+        help="Skip the document gain (gold-answer likelihood with own vs foreign documents) at each point.",
+    )
     parser.add_argument(
         "--extra-train-questions",
         type=int,
@@ -83,8 +89,9 @@ def extend_training_data(out: Path, labelled, options, tokenizer, label):
 class CurveCallback(TrainerCallback):
     """Evaluates the compressed model on the held-out rows every `every` steps and rewrites the results."""
 
-    def __init__(self, model, rows, baseline, every, write):
+    def __init__(self, model, rows, baseline, every, write, gain_baseline=None):
         self.model, self.rows, self.baseline, self.every, self.write = model, rows, baseline, every, write
+        self.gain_baseline = gain_baseline  # the uncompressed document gain, scored once
         self.points = []
         self.started = time.perf_counter()
 
@@ -103,6 +110,10 @@ class CurveCallback(TrainerCallback):
             "teacher_rouge_l": report["compressed"]["teacher_fidelity"].get("rouge_l"),
             "paired": paired_match(compressed, self.baseline),
         }
+        if self.gain_baseline is not None:
+            gain = document_gain(self.model, self.rows, EVAL_TOP_K, baseline=self.gain_baseline)
+            point["document_gain"] = gain["compressed"]
+            point["gain_share"] = gain.get("gain_share")
         self.points.append(point)
         self.model.train()
         return point
@@ -128,12 +139,24 @@ def plot(points, baseline_match, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    with_gain = any(p.get("gain_share") is not None for p in points)
+    fig, axes = plt.subplots(1, 2 if with_gain else 1, figsize=(11 if with_gain else 6, 3.5), squeeze=False)
+    ax = axes[0][0]
     ax.plot([p["examples_seen"] for p in points], [p["match"] for p in points], "o-", label="ScaleDown (compressed)")
     ax.axhline(baseline_match, color="grey", linestyle="--", label="uncompressed base generator")
     ax.set_xlabel("training examples seen")
     ax.set_ylabel("held-out Match")
     ax.legend()
+    if with_gain:
+        ax = axes[0][1]
+        kept = [p for p in points if p.get("gain_share") is not None]
+        ax.plot([p["examples_seen"] for p in kept], [p["gain_share"] for p in kept], "o-", color="C1")
+        ax.axhline(1.0, color="grey", linestyle="--", label="raw documents (uncompressed)")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_xlabel("training examples seen")
+        ax.set_ylabel("document gain share")
+        ax.set_title("gold-answer NLL drop from own vs foreign documents", fontsize=9)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -197,6 +220,9 @@ def main():
             "answers": [r["uncompressed"] for r in report["records"]],
         }
         baseline_file.write_text(json.dumps(baseline))
+    if not options.no_document_gain and "document_gain" not in baseline:
+        baseline["document_gain"] = document_gain(model, rows, EVAL_TOP_K)  # before training
+        baseline_file.write_text(json.dumps(baseline))
 
     for row, answer in zip(rows, baseline.get("answers", [])):
         row["teacher_answer"] = answer
@@ -208,6 +234,7 @@ def main():
             "label_seconds": round(label_seconds, 1),
             "uncompressed_match": baseline["match"],
             "compressed_match_before_training": baseline["before_training_match"],
+            "document_gain_before_training": baseline.get("document_gain"),
             "points": points,
         }
         (out / "learning_curve.json").write_text(json.dumps(result, indent=2))
@@ -226,7 +253,8 @@ def main():
         use_cpu=True,
         disable_tqdm=False,
     )
-    callback = CurveCallback(model, rows, baseline["matches"], options.eval_every, write)
+    gain_baseline = None if options.no_document_gain else baseline["document_gain"]["uncompressed"]
+    callback = CurveCallback(model, rows, baseline["matches"], options.eval_every, write, gain_baseline)
     trainer = ScaleDownTrainer(model=model, args=args, train_dataset=labelled["train"], callbacks=[callback])
     trainer.train()
     print(json.dumps(callback.points, indent=2))

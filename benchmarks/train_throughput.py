@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scaledown import ScaleDownForCausalLM, build_compressor_inputs, build_generator_inputs
+from scaledown import (
+    ScaleDownForCausalLM,
+    build_compressor_inputs,
+    build_generator_inputs,
+    memory_segments,
+    raw_document_segments,
+)
 from scaledown.offline_weights import smollm2_path
 from scaledown.training.data import build_split, read_squad
 from scaledown.training.losses import distillation_loss
@@ -88,12 +94,11 @@ def main():
         questions = [r["question"] for r in chunk]
         documents = [r["documents"] for r in chunk]
         answers = [r["teacher_answer"] for r in chunk]
-        slots = [[[config.memory_token_id] * config.num_memory_tokens] * len(d) for d in documents]
+        slots = memory_segments(config, [len(d) for d in documents])
         batch = build_generator_inputs(model.tokenizer, config, questions, slots, answers, padding_side="right")
         batch.update(build_compressor_inputs(model.compressor_tokenizer, config, questions, documents))
         compressed_batches.append(batch)
-        raw = [tokenizer(d, add_special_tokens=False, truncation=True, max_length=config.doc_max_length)["input_ids"]
-               for d in documents]  # fmt: skip
+        raw = raw_document_segments(tokenizer, config, documents)
         raw_batches.append(build_generator_inputs(tokenizer, config, questions, raw, answers, padding_side="right"))
 
     opt_scaledown = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

@@ -14,6 +14,8 @@ from .modeling_scaledown import (
     build_compressor_inputs,
     build_generator_inputs,
     build_generator_prompt,
+    memory_segments,
+    raw_document_segments,
 )
 
 
@@ -36,4 +38,6 @@ __all__ = [
     "build_compressor_inputs",
     "build_generator_inputs",
     "build_generator_prompt",
+    "memory_segments",
+    "raw_document_segments",
 ]

@@ -88,6 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_documents=args.num_documents,
         with_baseline=not args.no_baseline,
+        with_document_gain=args.document_gain,
         max_new_tokens=args.max_new_tokens,
     )
     print("\n".join(summary_lines(report)))
@@ -193,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8, help="Questions per batch.")
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="Greedy answer length.")
     evaluate.add_argument("--no-baseline", action="store_true", help="Skip the uncompressed baseline.")
+    evaluate.add_argument(
+        "--document-gain",
+        action="store_true",
+        help="Also score the gold answers' likelihood with own vs foreign documents: how much of the raw documents' "
+        "information the compressed model uses (one more pass over the data per system).",
+    )
     evaluate.add_argument("--output", default=None, help="Write the JSON report here.")
     evaluate.set_defaults(func=_evaluate)
 

@@ -247,6 +247,19 @@ def build_generator_prompt(
     return ids + _encode(tokenizer, [after])[0]
 
 
+def memory_segments(config: ScaleDownConfig, counts: list[int]) -> list[list[list[int]]]:
+    """Per question, per document, the `num_memory_tokens` `<MEM>` placeholders standing for a compressed document
+    (`counts`: documents per question)."""
+    placeholders = [config.memory_token_id] * config.num_memory_tokens
+    return [[placeholders] * count for count in counts]
+
+
+def raw_document_segments(tokenizer, config: ScaleDownConfig, documents: list[list[str]]) -> list[list[list[int]]]:
+    """Per question, per document, the document's own tokens (truncated to `config.doc_max_length`): the
+    uncompressed baseline's prompt."""
+    return [_encode(tokenizer, list(docs), config.doc_max_length) if docs else [] for docs in documents]
+
+
 def build_generator_inputs(
     tokenizer,
     config: ScaleDownConfig,
@@ -1012,8 +1025,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             if not torch.is_tensor(memory) or memory.dim() != 3 or tuple(memory.shape[1:]) != expected:
                 shape = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
                 raise ValueError(f"compressed[{i}] must be a tensor (n_docs, {expected[0]}, {width}), got {shape}.")
-        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
-        segments = [[placeholders] * memory.shape[0] for memory in compressed]
+        segments = memory_segments(self.config, [memory.shape[0] for memory in compressed])
         inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
         device = self.get_input_embeddings().weight.device
         memory = torch.cat([m.to(device) for m in compressed]) if compressed else None
@@ -1082,9 +1094,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         validate_rag_inputs(questions, documents)
         self._check_tokenizers()
-        segments = [
-            _encode(self.tokenizer, list(docs), self.config.doc_max_length) if docs else [] for docs in documents
-        ]
+        segments = raw_document_segments(self.tokenizer, self.config, documents)
         inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
         device = self.get_input_embeddings().weight.device
         context = contextlib.nullcontext() if use_adapters else self.generator_adapters_disabled()

@@ -69,8 +69,10 @@ def test_evaluate_model_side_by_side():
                                            max_new_tokens=6)  # fmt: skip
     for row, answer in zip(rows, baseline):
         row["teacher_answer"] = answer
-    report = evaluate_model(model, rows, batch_size=2, num_documents=10, max_new_tokens=6)
+    report = evaluate_model(model, rows, batch_size=2, num_documents=10, max_new_tokens=6, with_document_gain=True)
     assert report["questions"] == 3 and report["settings"]["max_new_tokens"] == 6
+    assert report["document_gain"]["questions"] == 2 and "uncompressed" in report["document_gain"]
+    assert any(line.startswith("document gain: compressed") for line in summary_lines(report))
     assert report["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0  # same prompt, same decoding
     assert set(report["compressed"]["gold"]) >= {"match", "exact_match", "f1", "rouge_l"}
     assert report["compressed"]["gold"]["count"] == 2  # the question without gold answers is not scored

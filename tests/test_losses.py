@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from scaledown.training.losses import (
     answer_cross_entropy,
+    answer_nll_per_row,
     distillation_kl,
     distillation_loss,
     reranking_mse,
@@ -106,3 +107,14 @@ def test_reranking_mse_over_accumulated_pairs_equals_the_full_batch_mse():
         for a, b in ((0, 6), (6, 8))
     ]
     assert torch.allclose(sum(parts), full, atol=1e-6)
+
+
+def test_answer_nll_per_row_is_each_rows_token_mean():
+    logits, labels = make_batch()
+    expected = [
+        F.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100).item() for i in range(labels.shape[0])
+    ]
+    assert torch.allclose(answer_nll_per_row(logits, labels), torch.tensor(expected), atol=1e-6)
+    labels[2, :] = -100
+    with pytest.raises(ValueError, match="Rows \\[2\\] have no answer token"):
+        answer_nll_per_row(logits, labels)

@@ -74,7 +74,7 @@ def decoder_flops(config, layers: int, prefix: int, lengths: list[int], new_toke
 def analytic_flops(model, questions, documents, new_tokens: int) -> dict:
     """FLOPs of the compressed and uncompressed systems for one batch (decoder compressors; encoders approximated
     with their own layer count and width)."""
-    from ..modeling_scaledown import _encode, build_generator_inputs, compressor_parts
+    from ..modeling_scaledown import build_generator_inputs, compressor_parts, memory_segments, raw_document_segments
 
     config = model.config
     generator_config = model.generator.config
@@ -89,9 +89,9 @@ def analytic_flops(model, questions, documents, new_tokens: int) -> dict:
         else:
             compressor += decoder_flops(compressor_config, layers, 0, [len(prefix)], 0, False)
             compressor += decoder_flops(compressor_config, layers, len(prefix), [len(s) for s in suffixes], 0, False)
-    slots = [[[config.memory_token_id] * config.num_memory_tokens] * len(d) for d in documents]
+    slots = memory_segments(config, [len(d) for d in documents])
     compressed_prompt = build_generator_inputs(model.tokenizer, config, questions, slots)["attention_mask"].sum(1)
-    raw = [_encode(model.tokenizer, d, config.doc_max_length) for d in documents]
+    raw = raw_document_segments(model.tokenizer, config, documents)
     raw_prompt = build_generator_inputs(model.tokenizer, config, questions, raw)["attention_mask"].sum(1)
     layers = generator_config.num_hidden_layers
     generator = decoder_flops(generator_config, layers, 0, compressed_prompt.tolist(), new_tokens)

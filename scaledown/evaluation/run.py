@@ -52,6 +52,7 @@ def evaluate_model(
     num_documents: int = 10,
     with_baseline: bool = True,
     teacher_is_baseline: bool = False,
+    with_document_gain: bool = False,
     **generate_kwargs,
 ) -> dict:
     """Answer `rows` (dicts with `question`, `documents`, optional `gold_answers`, `teacher_answer`,
@@ -60,7 +61,8 @@ def evaluate_model(
     Returns a JSON-able report: settings, metrics per system (against gold answers and, for fidelity, against the
     teacher's answers), the paired Match comparison, reranking agreement, timings and per-question records. With
     `teacher_is_baseline` (the teacher is the base generator with this very prompt and decoding, as in
-    self-distillation) the uncompressed answers serve as the teacher's.
+    self-distillation) the uncompressed answers serve as the teacher's. With `with_document_gain`, also how much the
+    documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]).
     """
     from ..modeling_scaledown import validate_rag_inputs
 
@@ -130,6 +132,10 @@ def evaluate_model(
                 predictions=[p for p, _ in pairs], references=[t for _, t in pairs], k=num_documents
             )
             report["reranking"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    if with_document_gain:
+        from .likelihood import document_gain
+
+        report["document_gain"] = document_gain(model, rows, num_documents, batch_size, with_baseline)
     report["records"] = records
     return report
 
@@ -182,4 +188,9 @@ def summary_lines(report: dict) -> list[str]:
         )
     if "reranking" in report:
         lines.append(f"   reranking: {report['reranking']}")
+    if "document_gain" in report:
+        gain = report["document_gain"]
+        parts = [f"{s} {gain[s]['document_gain']} nats/token" for s in ("compressed", "uncompressed") if s in gain]
+        share = f", share {gain['gain_share']}" if "gain_share" in gain else ""
+        lines.append(f"document gain: {', '.join(parts)}{share}")
     return lines

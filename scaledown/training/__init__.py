@@ -7,7 +7,7 @@ SDK, and without them that access raises an `ImportError` saying what to install
 
 from .arguments import ScaleDownTrainingArguments
 from .collator import ScaleDownDataCollator
-from .losses import answer_cross_entropy, distillation_kl, distillation_loss, reranking_mse
+from .losses import answer_cross_entropy, answer_nll_per_row, distillation_kl, distillation_loss, reranking_mse
 from .pretraining import PretrainingCollator, evaluate_pretraining, make_pretraining_rows, read_texts
 from .trainer import DistillationTrainerMixin, ScaleDownTrainer, parameter_groups
 
@@ -30,6 +30,7 @@ __all__ = [
     "ScaleDownTrainer",
     "ScaleDownTrainingArguments",
     "answer_cross_entropy",
+    "answer_nll_per_row",
     "distillation_kl",
     "distillation_loss",
     "evaluate_pretraining",

@@ -5,7 +5,12 @@ from dataclasses import dataclass
 import torch
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
+from ..modeling_scaledown import (
+    build_compressor_inputs,
+    build_generator_inputs,
+    max_compressor_length,
+    memory_segments,
+)
 
 
 class FromModelMixin:
@@ -85,12 +90,11 @@ class ScaleDownDataCollator(FromModelMixin):
 
     def _generator_inputs(self, rows: list[dict], pad_to_length: int | None = None) -> dict[str, torch.Tensor]:
         documents = [list(row["documents"])[: self.max_documents] for row in rows]
-        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
         return build_generator_inputs(
             self.tokenizer,
             self.config,
             [row["question"] for row in rows],
-            [[placeholders] * len(d) for d in documents],
+            memory_segments(self.config, [len(d) for d in documents]),
             answers=[self._answer(row, i) for i, row in enumerate(rows)],
             padding_side="right",
             pad_to_length=pad_to_length,

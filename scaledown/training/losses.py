@@ -46,6 +46,27 @@ def answer_cross_entropy(
     return total / _denominator(labels, num_items_in_batch, ignore_index, total)
 
 
+def answer_nll_per_row(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean next-token negative log-likelihood (nats per token) of each row's answer tokens, for scoring.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, seq_len, vocab_size)`): generator logits.
+        labels (`torch.Tensor` of shape `(batch_size, seq_len)`): answer token ids, `ignore_index` elsewhere. Shifted
+            here.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size,)`, float32. A row without any label token raises a `ValueError`.
+    """
+    logits, labels = shift_for_next_token(logits, labels)
+    counts = labels.ne(ignore_index).sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError(f"Rows {counts.eq(0).nonzero().flatten().tolist()} have no answer token to score.")
+    losses = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
+    ).reshape(labels.shape)
+    return losses.sum(dim=1) / counts
+
+
 def reranking_mse(scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
     """Mean squared error between relevance scores `(num_pairs,)` and the teacher's `(num_pairs,)`; 0 with no pair."""
     if scores.shape != teacher_scores.shape:

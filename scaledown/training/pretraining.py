@@ -22,7 +22,12 @@ import torch
 from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import build_compressor_inputs, build_generator_inputs, max_compressor_length
+from ..modeling_scaledown import (
+    build_compressor_inputs,
+    build_generator_inputs,
+    max_compressor_length,
+    memory_segments,
+)
 from .collator import FromModelMixin
 
 
@@ -139,13 +144,12 @@ class PretrainingCollator(FromModelMixin):
         return row["text"] if row["task"] == AUTOENCODING else row["continuation"]
 
     def generator_inputs(self, rows: list[dict], with_targets: bool = True, padding_side: str = "right") -> dict:
-        placeholders = [self.config.memory_token_id] * self.config.num_memory_tokens
         targets = [self.target(row) for row in rows]  # checks the tasks
         return build_generator_inputs(
             self.tokenizer,
             self.config,
             [INSTRUCTIONS[row["task"]] for row in rows],
-            [[placeholders] for _ in rows],
+            memory_segments(self.config, [1] * len(rows)),
             answers=targets if with_targets else None,
             padding_side=padding_side,
             pad_to_length=self.max_prompt_length if self.pad_to_fixed_length else None,
