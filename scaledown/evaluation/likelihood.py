@@ -10,13 +10,10 @@ survives compression: ~0 when the generator ignores the memory, 1 when the memor
 """
 
 import contextlib
-import math
 
 import torch
-from transformers.utils import logging
 
-
-logger = logging.get_logger(__name__)
+from .text import mean_and_stderr
 
 
 @torch.no_grad()
@@ -107,14 +104,6 @@ def foreign_documents(documents: list[list[str]]) -> list[list[str]]:
     return result
 
 
-def _mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
 def document_gain(
     model,
     rows: list[dict],
@@ -150,7 +139,7 @@ def document_gain(
         flag = system == "uncompressed"
         with_own = answer_nll(model, questions, own, answers, uncompressed=flag, batch_size=batch_size)
         with_foreign = answer_nll(model, questions, foreign, answers, uncompressed=flag, batch_size=batch_size)
-        gain, stderr = _mean_and_stderr([f - o for o, f in zip(with_own, with_foreign)])
+        gain, stderr = mean_and_stderr([f - o for o, f in zip(with_own, with_foreign)])
         report[system] = {
             "questions": len(rows),
             "nll_own_documents": round(sum(with_own) / len(rows), 4),

@@ -6,7 +6,6 @@ the LoRA adapters). Metrics come from the package's `evaluate` modules (`rag_qa`
 """
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from transformers.utils import logging
 
 from . import load_metric
 from .text import match as match_one
+from .text import mean_and_stderr
 
 
 logger = logging.get_logger(__name__)
@@ -30,14 +30,11 @@ def _answer_metrics(metric, predictions, references) -> dict:
 
 def paired_match(compressed: list[float], uncompressed: list[float]) -> dict:
     """Pairwise comparison of per-question Match (same questions, documents and prompt)."""
-    n = len(compressed)
-    diffs = [c - u for c, u in zip(compressed, uncompressed)]
-    mean_diff = sum(diffs) / n if n else float("nan")
-    var = sum((d - mean_diff) ** 2 for d in diffs) / (n - 1) if n > 1 else float("nan")
+    mean_diff, stderr = mean_and_stderr([c - u for c, u in zip(compressed, uncompressed)])
     return {
-        "questions": n,
+        "questions": len(compressed),
         "match_difference": round(mean_diff, 4),
-        "match_difference_stderr": round(math.sqrt(var / n), 4) if n > 1 else None,
+        "match_difference_stderr": round(stderr, 4) if stderr is not None else None,
         "compressed_only": sum(c > u for c, u in zip(compressed, uncompressed)),
         "uncompressed_only": sum(u > c for c, u in zip(compressed, uncompressed)),
         "both": sum(c == u == 1 for c, u in zip(compressed, uncompressed)),

@@ -121,3 +121,14 @@ def ndcg_at_k(scores: list[float], teacher_scores: list[float], k: int = 10) -> 
 def mean(values) -> float:
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
     return sum(values) / len(values) if values else float("nan")
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (`nan` and `None` with no value, `None` error with one)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), None
+    average = sum(values) / n
+    if n < 2:
+        return average, None
+    return average, math.sqrt(sum((v - average) ** 2 for v in values) / (n - 1) / n)
