@@ -45,3 +45,30 @@ def test_save_then_fresh_process_remote_code_generates_the_same(tmp_path, smollm
     result = generate_in_fresh_process(folder, QUESTIONS, DOCUMENTS, tmp_path / "modules", max_new_tokens=12)
     assert result["answers"] == expected
     assert not result["scaledown_imported"]
+
+
+def test_generator_learns_to_read_the_memory_on_real_weights(smollm2_folder):
+    """The compressor -> memory slots -> LoRA path learns to carry a document's content on real weights: the answer
+    ("The secret word is W.", 12 words, the question never names it) is only in the document. Before training the
+    memory tells the generator nothing (document gain ~0); after 50 steps x 4 it does (measured: 6.4 nats/token)."""
+    from scaledown.evaluation.likelihood import document_gain
+    from scaledown.training import ScaleDownDataCollator
+
+    torch.manual_seed(0)
+    model = ScaleDownForCausalLM.from_generator(str(smollm2_folder), num_compressor_layers=5)
+    words = ["Paris", "Berlin", "Amazon", "Hamlet", "Tokyo", "violin", "copper", "Nile", "Mozart", "tiger",
+             "Everest", "Jupiter"]  # fmt: skip
+    rows = [{"question": "What is the secret word?", "documents": [f"The secret word is {w}."], "gold_answers": [w]}
+            for w in words]  # fmt: skip
+    assert abs(document_gain(model, rows, with_baseline=False)["compressed"]["document_gain"]) < 0.1
+    collate = ScaleDownDataCollator.from_model(model, answer_field="gold_answers")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
+    model.train()
+    for step in range(1, 51):
+        batch = collate([rows[(4 * step + i) % len(rows)] for i in range(4)])
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = document_gain(model, rows, with_baseline=False)["compressed"]
+    assert after["document_gain"] > 1.0, after
