@@ -20,7 +20,6 @@ rescales to the generator's embedding norm, through a trainable shift and scale.
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -179,7 +178,6 @@ def main():
         use_cpu=True,
         report_to=[],
     )
-    random.seed(options.seed)
     trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
                                callbacks=[Measure()])  # fmt: skip
     trainer.train()
