@@ -57,6 +57,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate-generator", type=float, default=5e-4)
     parser.add_argument("--learning-rate-compressor", type=float, default=2e-4)
+    parser.add_argument("--lr-scheduler", default="linear", help="linear (recipe: warmup, decay to 0) or constant.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="outputs/reading-onset.json")
     return parser.parse_args()
@@ -170,6 +171,7 @@ def main():
         per_device_train_batch_size=options.batch_size,
         learning_rate_generator=options.learning_rate_generator,
         learning_rate_compressor=options.learning_rate_compressor,
+        lr_scheduler_type=options.lr_scheduler,
         num_train_documents=options.train_documents,
         answer_field=options.answer_field,
         logging_steps=10,
