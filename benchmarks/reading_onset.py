@@ -9,7 +9,7 @@ Tasks:
 - `secret-word`: "The secret word is W." (one short document; 12 words, the question never names it). `--far` puts
   the sentence at the start of a ~110-token document, so the compressor must carry it across the document.
 - `autoencoding`: reconstruct a 128-token chunk (SQuADShifts passages) from its 8 memory embeddings.
-- `squad`: the learning curve's labelled data (`--labelled`, optionally `--extra` training folders), teacher answers
+- `squad`: the learning curve's labelled data (`--labelled FOLDER [EXTRA_TRAIN_FOLDER ...]`), teacher answers
   or gold answers (`--answer-field`), top-`--train-documents` documents; gain on its held-out questions with 10.
 `--center-memory` (an experiment, not a model option) subtracts the mean memory vector of 32 training inputs and
 rescales to the generator's embedding norm, through a trainable shift and scale.
@@ -102,6 +102,7 @@ def secret_word_rows(far: bool, text: str) -> list[dict]:
 @torch.no_grad()
 def autoencoding_gain(model, rows: list[dict]) -> dict:
     """Reconstruction NLL per token of each held-out chunk with its own memory minus with the next chunk's."""
+    was_training = model.training
     model.eval()
     batch = PretrainingCollator.from_model(model, max_answer_length=136)(rows)
     memory = model.compress(batch["compressor_input_ids"], batch["compressor_attention_mask"]).memory_embeddings
@@ -110,7 +111,7 @@ def autoencoding_gain(model, rows: list[dict]) -> dict:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], memory_embeddings=slots)
         nll[name] = answer_nll_per_row(logits.logits, batch["labels"])
     gain, stderr = mean_and_stderr((nll["foreign"] - nll["own"]).tolist())
-    model.train()
+    model.train(was_training)
     return {"nll_own_documents": round(float(nll["own"].mean()), 4), "document_gain": round(gain, 4),
             "document_gain_stderr": round(stderr, 4)}  # fmt: skip
 
@@ -147,7 +148,6 @@ def main():
             gain = autoencoding_gain(model, held_out)
         else:
             gain = document_gain(model, held_out, eval_documents, with_baseline=False)["compressed"]
-            model.train()
         result["points"].append({"step": step, "examples_seen": step * options.batch_size,
                                  "train_seconds": round(seconds, 1), **gain})  # fmt: skip
         print(json.dumps(result["points"][-1]), flush=True)
