@@ -544,6 +544,29 @@ def test_query_prefix_reuse_gives_the_same_memories(variant, rag_batch):
     assert (alone[0][0] - shared[0][1]).abs().max() <= 1e-5
 
 
+def test_generation_hands_the_lm_head_contiguous_inputs(rag_batch):
+    # generate slices the prefill's last position (a strided view); torch's CPU bf16 matmul copies the head's weight
+    # once per row on such inputs (pytorch/pytorch#151934), so both systems make the slice contiguous first.
+    model = make_scaledown("llama")
+    questions, documents = rag_batch
+    head = model.generator.get_output_embeddings()
+    seen = []
+    spy = head.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))
+    try:
+        with torch.no_grad():  # the premise: plain generate hands the head a strided slice after the prefill
+            model.generator.generate(input_ids=torch.tensor([[5, 6, 7, 8]] * 2), max_new_tokens=2, do_sample=False)
+        assert seen and not seen[0]
+        seen.clear()
+        compressed = model.compress_documents(questions, documents)
+        answers = model.generate_from_compressed(questions, compressed, max_new_tokens=3, min_new_tokens=3)
+        model.generate_uncompressed(questions, documents, max_new_tokens=3, min_new_tokens=3)
+    finally:
+        spy.remove()
+    assert len(seen) == 6 and all(seen)
+    assert not head._forward_pre_hooks  # nothing left behind on the generator
+    assert model.generate_from_compressed(questions, compressed, max_new_tokens=3, min_new_tokens=3) == answers
+
+
 def test_encoders_cannot_reuse_the_query_prefix(rag_batch):
     model = make_scaledown("llama", "encoder")
     with pytest.raises(ValueError, match="decoder compressor"):
