@@ -10,7 +10,8 @@ Tasks:
   the sentence at the start of a ~110-token document, so the compressor must carry it across the document.
 - `autoencoding`: reconstruct a 128-token chunk (SQuADShifts passages) from its 8 memory embeddings.
 - `squad`: the learning curve's labelled data (`--labelled FOLDER [EXTRA_TRAIN_FOLDER ...]`), teacher answers
-  or gold answers (`--answer-field`), top-`--train-documents` documents; gain on its held-out questions with 10.
+  or gold answers (`--answer-field`), top-`--train-documents` documents; gain on its held-out questions with
+  top-`--eval-documents` (10).
 `--center-memory` (an experiment, not a model option) subtracts the mean memory vector of 32 training inputs and
 rescales to the generator's embedding norm, through a trainable shift and scale.
 
@@ -50,6 +51,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--answer-field", default="teacher_answer", help="squad: teacher_answer or gold_answers.")
     parser.add_argument("--train-documents", type=int, default=5)
     parser.add_argument("--eval-questions", type=int, default=80, help="squad: held-out questions scored.")
+    parser.add_argument("--eval-documents", type=int, default=10, help="squad: documents per held-out question.")
     parser.add_argument("--text", default=SHIFTS, help="autoencoding: passages (see `read_texts`).")
     parser.add_argument("--center-memory", action="store_true")
     parser.add_argument("--steps", type=int, default=100)
@@ -125,7 +127,7 @@ def main():
     if squad:
         labelled = load_from_disk(options.labelled[0])
         train = concatenate_datasets([labelled["train"]] + [load_from_disk(p)["train"] for p in options.labelled[1:]])
-        held_out, eval_documents = labelled["test"].to_list()[: options.eval_questions], 10
+        held_out, eval_documents = labelled["test"].to_list()[: options.eval_questions], options.eval_documents
     elif options.task == "secret-word":
         held_out = secret_word_rows(options.far, options.text)
         train = Dataset.from_list([held_out[i % len(held_out)] for i in range(options.steps * options.batch_size)])
