@@ -11,6 +11,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 COMPRESSOR_TYPES = ("n_layers", "encoder", "llm")
+MEMORY_SLOTS = ("tokens", "chunk_mean")
 DEFAULT_GENERATOR = "mistralai/Mistral-7B-Instruct-v0.2"
 DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
 DEFAULT_LLM_COMPRESSOR = "meta-llama/Llama-3.2-1B-Instruct"
@@ -107,6 +108,17 @@ class ScaleDownConfig(PretrainedConfig):
             System message of the generator's chat prompt.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the projection and reranking head.
+        memory_injection_layer (`int`, *optional*, defaults to 0):
+            Generator layer at whose input the memory enters. `0` (OSCAR): the memory vectors replace the input
+            embeddings of the `<MEM>` placeholders. `k > 0`: the placeholders enter as ordinary tokens and the memory
+            vectors replace the hidden states at their positions as they enter decoder layer `k`, i.e. the memory is
+            written into the residual stream it was computed in (natural with an `"n_layers"` compressor of `k`
+            layers).
+        memory_slots (`str`, *optional*, defaults to `"tokens"`):
+            How the `num_memory_tokens` vectors of a document are read from the compressor. `"tokens"` (OSCAR): the
+            hidden states at the appended `<MEM_1>..<MEM_l>` tokens. `"chunk_mean"`: the mean hidden state of each of
+            `num_memory_tokens` consecutive, equal chunks of the document's tokens (the query still conditions them
+            through attention); the compressor input keeps its `<MEM_i>` tokens.
     """
 
     model_type = "scaledown"
@@ -145,6 +157,8 @@ class ScaleDownConfig(PretrainedConfig):
         document_separator_token_id: int | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         initializer_range: float = 0.02,
+        memory_injection_layer: int = 0,
+        memory_slots: str = "tokens",
         **kwargs,
     ):
         if compressor_type not in COMPRESSOR_TYPES:
@@ -193,6 +207,19 @@ class ScaleDownConfig(PretrainedConfig):
                 f"`compressor_memory_token_ids` must hold `num_memory_tokens`={num_memory_tokens} ids, got "
                 f"{len(compressor_memory_token_ids)}."
             )
+        reserved = [memory_token, rerank_token, document_separator_token]
+        reserved += [compressor_memory_token_template.format(i + 1) for i in range(num_memory_tokens)]
+        if len(set(reserved)) != len(reserved) or not all(isinstance(t, str) and t for t in reserved):
+            raise ValueError(
+                "The reserved tokens (`memory_token`, `rerank_token`, `document_separator_token` and the compressor "
+                f"memory tokens) must be distinct, non-empty strings, got {reserved}."
+            )
+        if memory_slots not in MEMORY_SLOTS:
+            raise ValueError(f"`memory_slots` must be one of {MEMORY_SLOTS}, got {memory_slots!r}.")
+        if not isinstance(memory_injection_layer, int) or isinstance(memory_injection_layer, bool):
+            raise ValueError(f"`memory_injection_layer` must be an integer, got {memory_injection_layer!r}.")
+        if memory_injection_layer < 0:
+            raise ValueError(f"`memory_injection_layer` must be >= 0, got {memory_injection_layer}.")
         if compressor_type != "n_layers" and compressor_name_or_path is None:
             compressor_name_or_path = DEFAULT_ENCODER if compressor_type == "encoder" else DEFAULT_LLM_COMPRESSOR
 
@@ -230,6 +257,13 @@ class ScaleDownConfig(PretrainedConfig):
         self.document_separator_token_id = document_separator_token_id
         self.system_prompt = system_prompt
         self.initializer_range = initializer_range
+        self.memory_injection_layer = memory_injection_layer
+        self.memory_slots = memory_slots
+        layers = (self.generator_config or {}).get("num_hidden_layers")
+        if layers is not None and memory_injection_layer >= layers:
+            raise ValueError(
+                f"`memory_injection_layer`={memory_injection_layer} must be below the generator's {layers} layers."
+            )
         # The generator ties its own embeddings (see its config); the wrapper itself never ties anything.
         kwargs["tie_word_embeddings"] = False
         super().__init__(**kwargs)

@@ -30,6 +30,7 @@ except ImportError:  # transformers 4.x
 logger = logging.get_logger(__name__)
 
 _BACKGROUND_MARKER = "@@SCALEDOWN_BACKGROUND@@"
+_QUESTION_MARKER = "@@SCALEDOWN_QUESTION@@"
 _TOKENIZER_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
 COMPRESSOR_TOKENIZER_FOLDER = "compressor_tokenizer"
 
@@ -131,6 +132,37 @@ def _gather_positions(hidden: torch.Tensor, mask: torch.Tensor, count: int) -> t
     return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
+def _chunk_means(
+    hidden: torch.Tensor, input_ids: torch.LongTensor, is_memory: torch.Tensor, separator_id: int, count: int
+) -> torch.Tensor:
+    """Mean hidden state of each of `count` consecutive, equal chunks of every row's document tokens: `(rows, count,
+    width)`. The document tokens of a row are those after its `separator_id` token (or from the start, for rows
+    without one: document suffixes read after a cached query prefix) and before its first memory token (so never
+    padding, which follows the memory tokens). Token `t` of an `n`-token document goes to chunk `t * count // n`:
+    every chunk holds `n / count` tokens (at least one when `n >= count`; a chunk without tokens gives zeros). Static
+    shapes (cumulative sums and a batched matmul), so that XLA compiles it once."""
+    is_separator = input_ids == separator_id
+    seen_separator = is_separator.long().cumsum(1) > 0
+    after_separator = torch.where(is_separator.any(1, keepdim=True), seen_separator & ~is_separator, True)
+    is_document = after_separator & (is_memory.long().cumsum(1) == 0)
+    length = is_document.sum(1, keepdim=True)
+    index = is_document.long().cumsum(1) - 1
+    chunk = torch.div(index * count, length.clamp(min=1), rounding_mode="floor")
+    weights = (chunk.unsqueeze(1) == torch.arange(count, device=chunk.device).view(1, -1, 1)) & is_document.unsqueeze(
+        1
+    )
+    weights = weights.to(hidden.dtype)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+    return torch.bmm(weights, hidden)
+
+
+def _scatter_memory(hidden: torch.Tensor, placeholder: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """`hidden` `(batch, length, width)` with its `placeholder` positions `(batch, length)` overwritten, in row-major
+    reading order, by the rows of `memory` `(num_placeholders, width)`: a gather and a `where` (static shapes)."""
+    order = (placeholder.reshape(-1).long().cumsum(0) - 1).clamp(min=0).reshape(placeholder.shape)
+    return torch.where(placeholder.unsqueeze(-1), memory.to(hidden.device, hidden.dtype)[order], hidden)
+
+
 def _pad(sequences: list[list[int]], pad_id: int, side: str, length: int | None = None, fill: int | None = None):
     """Pad lists of ids to one length; returns (ids, attention_mask) as long tensors."""
     longest = max((len(s) for s in sequences), default=0)
@@ -147,10 +179,19 @@ def _pad(sequences: list[list[int]], pad_id: int, side: str, length: int | None 
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
 
-def _encode(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+def _encode(tokenizer, texts: list[str], max_length: int | None = None, *, user_text: bool = True) -> list[list[int]]:
+    """Token ids of `texts`, without the tokenizer's own start/end tokens.
+
+    User text (questions, documents, answers: whatever a retriever or a user hands over) is tokenised with
+    `split_special_tokens=True`: the literal text of a special or reserved token (`<MEM>`, `<MEM_1>`, `<DOC>`, `<RR>`,
+    the chat template's `<|im_start|>`, ...) becomes ordinary text pieces, never the control token itself. Only text
+    rendered by the chat template (`user_text=False`) keeps its special tokens.
+    """
     if not texts:
         return []
     kwargs = {"truncation": True, "max_length": max_length} if max_length else {}
+    if user_text:
+        kwargs["split_special_tokens"] = True
     return tokenizer(list(texts), add_special_tokens=False, **kwargs)["input_ids"]
 
 
@@ -214,9 +255,12 @@ def build_compressor_inputs(
     return _pad_compressor_rows(tokenizer, compressor_rows(tokenizer, config, questions, documents), pad_to_length)
 
 
-def _render_prompt(tokenizer, system_prompt: str, question: str, with_background: bool) -> tuple[str, str]:
-    """Render the chat prompt and split it around the background block: returns (before, after)."""
-    user = f"Background:\n{_BACKGROUND_MARKER}\n\nQuestion: {question}" if with_background else f"Question: {question}"
+def _render_prompt(tokenizer, system_prompt: str, with_background: bool) -> tuple[str, str, str]:
+    """Render the chat prompt around the background block and the question: returns the template text before the
+    background, between background and question, and after the question (the question and documents are inserted
+    as ids, so that the template never reads user text)."""
+    question = f"Question:{_QUESTION_MARKER}"
+    user = f"Background:\n{_BACKGROUND_MARKER}\n\n{question}" if with_background else question
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
         try:
@@ -226,8 +270,9 @@ def _render_prompt(tokenizer, system_prompt: str, question: str, with_background
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = f"{tokenizer.bos_token or ''}{system_prompt}\n\n{user}\n\nAnswer:"
-    before, _, after = text.partition(_BACKGROUND_MARKER)
-    return (before, after) if with_background else ("", before)
+    before, _, rest = text.partition(_BACKGROUND_MARKER) if with_background else ("", "", text)
+    middle, _, after = rest.partition(_QUESTION_MARKER)
+    return before, middle, after
 
 
 def build_generator_prompt(
@@ -238,13 +283,16 @@ def build_generator_prompt(
     Each document contributes a `Document i:` header followed by its segment: `num_memory_tokens` `<MEM>`
     placeholders for a compressed document, or the document's own tokens for the uncompressed baseline. With no
     document the prompt holds the question alone. Built from ids (never by tokenizing placeholder text) so that the
-    placeholders cannot merge with neighbouring characters.
+    placeholders cannot merge with neighbouring characters; the question is user text (see [`_encode`]): no reserved
+    or special token can arise from it.
     """
-    before, after = _render_prompt(tokenizer, config.system_prompt, question, bool(document_segments))
-    ids = _encode(tokenizer, [before])[0] if before else []
+    before, middle, after = _render_prompt(tokenizer, config.system_prompt, bool(document_segments))
+    ids = _encode(tokenizer, [before], user_text=False)[0] if before else []
     for i, segment in enumerate(document_segments):
-        ids += _encode(tokenizer, [f"{chr(10) if i else ''}Document {i + 1}: "])[0] + list(segment)
-    return ids + _encode(tokenizer, [after])[0]
+        ids += _encode(tokenizer, [f"{chr(10) if i else ''}Document {i + 1}: "], user_text=False)[0] + list(segment)
+    ids += _encode(tokenizer, [middle], user_text=False)[0] if middle else []
+    ids += _encode(tokenizer, [f" {question}"])[0]
+    return ids + _encode(tokenizer, [after], user_text=False)[0]
 
 
 def memory_segments(config: ScaleDownConfig, counts: list[int]) -> list[list[list[int]]]:
@@ -394,6 +442,11 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             )
         self.rerank_head = nn.Linear(compressor_width, 1) if config.enable_reranking else None
 
+        if config.memory_injection_layer and config.memory_injection_layer >= len(self._generator_layers()):
+            raise ValueError(
+                f"`memory_injection_layer`={config.memory_injection_layer} must be below the generator's "
+                f"{len(self._generator_layers())} layers."
+            )
         self.tokenizer = None
         self.compressor_tokenizer = None
         self._adapters_disabled = False  # inside `generator_adapters_disabled`
@@ -491,16 +544,22 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         config_kwargs.setdefault("generator_name_or_path", name_or_path or "")
         config = ScaleDownConfig(**config_kwargs)  # validates the settings before any heavy work
 
-        tokenizer = copy.deepcopy(tokenizer)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        _add_special_tokens(tokenizer, [config.memory_token])
         compressor_tokens = [
             config.compressor_memory_token_template.format(i + 1) for i in range(config.num_memory_tokens)
         ]
         compressor_tokens += [config.document_separator_token]
         if config.enable_reranking:
             compressor_tokens.append(config.rerank_token)
+        own_special = set(getattr(tokenizer, "all_special_tokens", []))
+        if clash := sorted(own_special & {config.memory_token, *compressor_tokens}):
+            raise ValueError(
+                f"The reserved tokens {clash} are already special tokens of the generator's tokenizer: choose other "
+                "`memory_token` / `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
+            )
+        tokenizer = copy.deepcopy(tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        _add_special_tokens(tokenizer, [config.memory_token])
 
         if config.compressor_type == "n_layers":
             compressor_tokenizer = tokenizer
@@ -513,6 +572,11 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             if compressor_tokenizer is None:
                 compressor_tokenizer = AutoTokenizer.from_pretrained(config.compressor_name_or_path)
             compressor_tokenizer = copy.deepcopy(compressor_tokenizer)
+            if clash := sorted(set(getattr(compressor_tokenizer, "all_special_tokens", [])) & set(compressor_tokens)):
+                raise ValueError(
+                    f"The reserved tokens {clash} are already special tokens of the compressor's tokenizer: choose "
+                    "other `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
+                )
             if compressor_tokenizer.pad_token is None:
                 compressor_tokenizer.pad_token = compressor_tokenizer.eos_token or compressor_tokenizer.unk_token
             if not isinstance(source, PreTrainedModel):
@@ -779,7 +843,12 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
                 f"{int(is_memory.sum())} memory tokens in {num_rows} rows."
             )
-        memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)
+        if config.memory_slots == "chunk_mean":
+            memory = _chunk_means(
+                hidden, input_ids, is_memory, config.document_separator_token_id, config.num_memory_tokens
+            )
+        else:
+            memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)
         if self.projection is not None:
             memory = self.projection(memory)
         scores = None
@@ -890,10 +959,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ generator side
     def _merge_memory(self, input_ids: torch.LongTensor, memory_embeddings: torch.Tensor | None) -> torch.Tensor:
-        """Embed `input_ids` and overwrite the `<MEM>` placeholders, in reading order, with `memory_embeddings`.
-        Static shapes (a gather and a `where`, no boolean indexing), so that XLA compiles it once."""
-        embedding = self.get_input_embeddings()
-        inputs_embeds = embedding(input_ids)
+        """Embed `input_ids` and, with `config.memory_injection_layer == 0`, overwrite the `<MEM>` placeholders, in
+        reading order, with `memory_embeddings` (deeper injection happens in [`_memory_injection`]). Static shapes (a
+        gather and a `where`, no boolean indexing), so that XLA compiles it once."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
         placeholder = input_ids == self.config.memory_token_id
         expected = 0 if memory_embeddings is None else memory_embeddings.shape[0] * memory_embeddings.shape[1]
         if _can_check(input_ids) and (found := int(placeholder.sum())) != expected:
@@ -901,14 +970,52 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 f"The prompts hold {found} `{self.config.memory_token}` placeholders but {expected} memory embeddings "
                 f"were given ({self.config.num_memory_tokens} per document)."
             )
-        if expected == 0:
+        if expected == 0 or self.config.memory_injection_layer > 0:
             return inputs_embeds
-        memory = memory_embeddings.reshape(-1, memory_embeddings.shape[-1]).to(
-            inputs_embeds.device, inputs_embeds.dtype
-        )
-        # The k-th placeholder (row-major reading order) takes memory row k.
-        order = (placeholder.reshape(-1).long().cumsum(0) - 1).clamp(min=0).reshape(placeholder.shape)
-        return torch.where(placeholder.unsqueeze(-1), memory[order], inputs_embeds)
+        return _scatter_memory(inputs_embeds, placeholder, memory_embeddings.reshape(-1, memory_embeddings.shape[-1]))
+
+    def _generator_layers(self) -> nn.ModuleList:
+        decoder = self.generator.get_decoder() if hasattr(self.generator, "get_decoder") else self.generator.model
+        layers = getattr(decoder, "layers", None)
+        if layers is None:
+            raise ValueError(
+                f"`memory_injection_layer` > 0 needs a generator with the usual `model.layers` layout; "
+                f"{type(self.generator).__name__} has none."
+            )
+        return layers
+
+    @contextlib.contextmanager
+    def _memory_injection(self, input_ids: torch.LongTensor, memory_embeddings: torch.Tensor | None):
+        """With `config.memory_injection_layer = k > 0`: during the block, the hidden states at the `<MEM>`
+        placeholders of `input_ids` are replaced by `memory_embeddings` as they enter generator layer `k` (a forward
+        pre-hook). Only passes over the whole prompt are touched (training, scoring, the prefill of `generate`):
+        decoding steps read the memory from the key/value cache. Rows expanded by `generate` (beam search,
+        `num_return_sequences`) get their prompt's memory."""
+        layer_index = self.config.memory_injection_layer
+        if layer_index == 0 or memory_embeddings is None or memory_embeddings.shape[0] == 0:
+            yield
+            return
+        placeholder = input_ids == self.config.memory_token_id
+        memory = memory_embeddings.reshape(-1, memory_embeddings.shape[-1])
+
+        def inject(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] != placeholder.shape[1]:
+                return None
+            mask, rows = placeholder.to(hidden.device), memory
+            if hidden.shape[0] != mask.shape[0]:  # rows repeated by `generate`
+                repeat = hidden.shape[0] // mask.shape[0]
+                per_row = rows.split(mask.sum(1).tolist())
+                rows = torch.cat([r for r in per_row for _ in range(repeat)])
+                mask = mask.repeat_interleave(repeat, dim=0)
+            hidden = _scatter_memory(hidden, mask, rows)
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        handle = self._generator_layers()[layer_index].register_forward_pre_hook(inject, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def forward(
         self,
@@ -961,15 +1068,19 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             inputs_embeds = self._merge_memory(input_ids, memory_embeddings)
         elif input_ids is not None:
             raise ValueError("Give either `input_ids` or `inputs_embeds`, not both.")
-        outputs = self.generator(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels if reduction == "mean" else None,
-            use_cache=bool(use_cache),
-            return_dict=True,
-            **kwargs,
+        injection = (
+            self._memory_injection(input_ids, memory_embeddings) if input_ids is not None else contextlib.nullcontext()
         )
+        with injection:
+            outputs = self.generator(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels if reduction == "mean" else None,
+                use_cache=bool(use_cache),
+                return_dict=True,
+                **kwargs,
+            )
         loss = outputs.loss
         if labels is not None and reduction == "sum":
             logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:].to(outputs.logits.device)
@@ -1014,7 +1125,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         model_kwargs = generation_config.update(**generate_kwargs)
         if generation_config.stop_strings and "tokenizer" not in model_kwargs:
             model_kwargs["tokenizer"] = self.tokenizer
-        with _contiguous_head_input(self.generator):
+        with _contiguous_head_input(self.generator), self._memory_injection(input_ids, memory_embeddings):
             return self.generator.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask.to(inputs_embeds.device),

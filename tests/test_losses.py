@@ -118,3 +118,76 @@ def test_answer_nll_per_row_is_each_rows_token_mean():
     labels[2, :] = -100
     with pytest.raises(ValueError, match="Rows \\[2\\] have no answer token"):
         answer_nll_per_row(logits, labels)
+
+
+def test_aligned_suffix_positions_pair_the_shared_ending_whatever_the_padding():
+    from scaledown.training.losses import aligned_suffix_positions
+
+    # Row 0: student [5 9 9 | 1 2 3], teacher [5 7 7 7 7 | 1 2 3]: the shared ending is 1 2 3 (the placeholder 9 and
+    # the document token 7 differ). Row 1 has a shared ending of one token. Student right-padded, teacher left-padded.
+    student = torch.tensor([[5, 9, 9, 1, 2, 3], [5, 9, 4, 0, 0, 0]])
+    student_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    teacher = torch.tensor([[5, 7, 7, 7, 7, 1, 2, 3], [0, 0, 0, 0, 5, 7, 7, 4]])
+    teacher_mask = torch.tensor([[1] * 8, [0, 0, 0, 0, 1, 1, 1, 1]])
+    s_index, t_index, valid = aligned_suffix_positions(student, student_mask, teacher, teacher_mask)
+    assert s_index.tolist() == [[3, 4, 5], [2, 0, 0]]
+    assert t_index.tolist() == [[5, 6, 7], [7, 0, 0]]
+    assert valid.tolist() == [[True, True, True], [True, False, False]]
+    for row in range(2):
+        paired = valid[row]
+        assert torch.equal(student[row, s_index[row][paired]], teacher[row, t_index[row][paired]])
+
+
+def test_hidden_state_alignment_is_zero_for_equal_states_and_pulls_towards_the_teacher():
+    from scaledown.training.losses import hidden_state_alignment
+
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(2, 6, 8, generator=generator) for _ in range(3)]
+    index = torch.tensor([[1, 2, 3], [0, 1, 0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    assert float(hidden_state_alignment(teacher, teacher, index, index, valid)) == pytest.approx(0.0, abs=1e-6)
+    # Scaling does not count (cosine), a different direction does; positions outside `valid` do not count either.
+    assert float(hidden_state_alignment([3 * t for t in teacher], teacher, index, index, valid)) < 1e-6
+    other = [torch.randn(2, 6, 8, generator=generator, requires_grad=True) for _ in range(3)]
+    loss = hidden_state_alignment(other, teacher, index, index, valid)
+    assert 0.5 < float(loss.detach()) < 1.5
+    loss.backward()
+    assert other[0].grad[1, 2].abs().sum() == 0 and other[0].grad[0, 1].abs().sum() > 0
+    with pytest.raises(ValueError, match="layers"):
+        hidden_state_alignment(other[:2], teacher, index, index, valid)
+
+
+def test_aligned_kl_equals_the_plain_kl_on_equal_prompts_and_ignores_the_document_block():
+    from scaledown.training.losses import aligned_distillation_kl, aligned_suffix_positions
+
+    logits, labels = make_batch()
+    teacher = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    ids = torch.where(labels.eq(-100), 1, labels)
+    mask = torch.ones_like(ids)
+    positions = aligned_suffix_positions(ids, mask, ids, mask)
+    assert torch.allclose(
+        aligned_distillation_kl(logits, teacher, labels, *positions), distillation_kl(logits, teacher, labels)
+    )
+    # A teacher that read a longer (raw) document block before the same ending gives the same term.
+    block = torch.randn(4, 5, 11)
+    longer_ids = torch.cat([torch.full((4, 5), 7), ids], dim=1)
+    positions = aligned_suffix_positions(ids, mask, longer_ids, torch.ones_like(longer_ids))
+    longer = torch.cat([block, teacher], dim=1)
+    assert torch.allclose(
+        aligned_distillation_kl(logits, longer, labels, *positions), distillation_kl(logits, teacher, labels)
+    )
+
+
+def test_distillation_loss_adds_the_hidden_term_only_with_positions():
+    logits, labels = make_batch()
+    hidden = [torch.randn(4, 7, 5)]
+    other = [torch.randn(4, 7, 5)]
+    index = torch.arange(7).expand(4, 7)
+    positions = (index, index, torch.ones(4, 7, dtype=torch.bool))
+    base, _ = distillation_loss(logits, labels)
+    loss, terms = distillation_loss(
+        logits, labels, teacher_positions=positions, student_hidden=hidden, teacher_hidden=other, hidden_weight=2.0
+    )
+    assert torch.allclose(loss, base + 2.0 * terms["hidden"])
+    with pytest.raises(ValueError, match="teacher_positions"):
+        distillation_loss(logits, labels, student_hidden=hidden, teacher_hidden=other, hidden_weight=1.0)

@@ -84,6 +84,8 @@ def test_arguments_default_to_the_paper_recipe():
         ({"num_train_documents": 0}, "num_train_documents"),
         ({"max_prompt_length": 0}, "max_prompt_length"),
         ({"remove_unused_columns": True}, "remove_unused_columns"),
+        ({"hidden_distillation_weight": -1, "raw_document_teacher": True}, "hidden_distillation_weight"),
+        ({"hidden_distillation_weight": 1.0}, "raw_document_teacher"),
     ],
 )
 def test_arguments_range_checks(kwargs, field):
@@ -115,6 +117,47 @@ def test_training_lowers_the_loss_and_leaves_frozen_weights(tmp_path):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs[-1]["loss"] < logs[0]["loss"] - 0.5
     assert {"ce", "rerank_mse"} <= set(logs[0])
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+
+
+def test_collator_builds_the_raw_document_teacher_prompts():
+    model = make_scaledown()
+    collator = ScaleDownDataCollator.from_model(model, raw_document_teacher=True)
+    batch = collator(rows(3))
+    teacher_ids, student_ids = batch["teacher_input_ids"], batch["input_ids"]
+    for row, data in enumerate(rows(3)):
+        teacher = model.tokenizer.decode(teacher_ids[row][batch["teacher_attention_mask"][row].bool()])
+        assert all(document in teacher for document in data["documents"])
+        assert model.config.memory_token_id not in teacher_ids[row].tolist()
+        # Both prompts end with the same question and answer tokens.
+        student = student_ids[row][batch["attention_mask"][row].bool()].tolist()
+        answer = model.tokenizer(data["teacher_answer"], add_special_tokens=False)["input_ids"]
+        assert (
+            teacher_ids[row][batch["teacher_attention_mask"][row].bool()].tolist()[-len(answer) - 1 :]
+            == (student[-len(answer) - 1 :])
+        )
+    assert "teacher_input_ids" not in ScaleDownDataCollator.from_model(model)(rows(3))
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["input-memory", "deep-memory"])
+def test_dense_distillation_from_the_raw_document_teacher_trains(tmp_path, deep):
+    """KL + hidden-state terms against the base generator reading the raw documents: logged, lowered by training,
+    and the teacher stays the base generator (adapters off, frozen weights unchanged)."""
+    settings = {"memory_injection_layer": 2, "memory_slots": "chunk_mean"} if deep else {}
+    model = make_scaledown(lora_dropout=0.0, **settings)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    args = arguments(
+        tmp_path, max_steps=15, raw_document_teacher=True, kl_weight=1.0, hidden_distillation_weight=1.0,
+        learning_rate_generator=1e-2, learning_rate_compressor=1e-2,
+    )  # fmt: skip
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert {"ce", "kl", "hidden"} <= set(logs[0])
+    assert logs[-1]["kl"] < logs[0]["kl"] and logs[-1]["hidden"] < logs[0]["hidden"]
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
     for name, param in model.named_parameters():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name

@@ -48,6 +48,21 @@ class ScaleDownArgumentsMixin:
         default=0.0, metadata={"help": "Weight of a token-level KL to teacher logits, when batches carry them."}
     )
     kl_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the KL term."})
+    raw_document_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Distil from the base generator (adapters off) reading the documents as text, computed online: "
+            "the KL term (`kl_weight`) takes its answer logits and `hidden_distillation_weight` its hidden states."
+        },
+    )
+    hidden_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the cosine distance between the model's and the raw-document teacher's hidden states "
+            "at the shared question and answer positions, in the generator layers from `memory_injection_layer` on "
+            "(needs `raw_document_teacher`)."
+        },
+    )
     answer_field: str = field(
         default="teacher_answer",
         metadata={"help": "Dataset column with the target answer (teacher_answer, gold_answers)."},
@@ -78,6 +93,10 @@ class ScaleDownArgumentsMixin:
             raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
         if self.kl_weight < 0:
             raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+        if self.hidden_distillation_weight < 0:
+            raise ValueError(f"`hidden_distillation_weight` must be >= 0, got {self.hidden_distillation_weight}.")
+        if self.hidden_distillation_weight > 0 and not self.raw_document_teacher:
+            raise ValueError("`hidden_distillation_weight` needs `raw_document_teacher=True` (the teacher's states).")
         if self.kl_temperature <= 0:
             raise ValueError(f"`kl_temperature` must be positive, got {self.kl_temperature}.")
         if not 0 <= self.warmup_ratio < 1:

@@ -10,6 +10,7 @@ from ..modeling_scaledown import (
     build_generator_inputs,
     max_compressor_length,
     memory_segments,
+    raw_document_segments,
 )
 
 
@@ -43,6 +44,10 @@ class ScaleDownDataCollator(FromModelMixin):
             exactly `max_documents` documents; check a dataset against it with [`~ScaleDownDataCollator.fit`].
         max_prompt_length (`int`, *optional*): generator prompt + answer length under `pad_to_fixed_length`; set by
             [`~ScaleDownDataCollator.fit`] when left unset.
+        raw_document_teacher (`bool`): also build the raw-document teacher's inputs, `teacher_input_ids` and
+            `teacher_attention_mask`: the same prompt and answer with the documents as text (each truncated to
+            `doc_max_length` tokens), for dense distillation (see `ScaleDownTrainingArguments.kl_weight` and
+            `hidden_distillation_weight`).
     """
 
     tokenizer: object
@@ -54,6 +59,7 @@ class ScaleDownDataCollator(FromModelMixin):
     max_answer_length: int = 128
     pad_to_fixed_length: bool = False
     max_prompt_length: int | None = None
+    raw_document_teacher: bool = False
 
     def __post_init__(self):
         if self.pad_to_fixed_length and self.max_documents is None:
@@ -88,13 +94,19 @@ class ScaleDownDataCollator(FromModelMixin):
             )
         return self
 
-    def _generator_inputs(self, rows: list[dict], pad_to_length: int | None = None) -> dict[str, torch.Tensor]:
+    def _generator_inputs(
+        self, rows: list[dict], pad_to_length: int | None = None, raw: bool = False
+    ) -> dict[str, torch.Tensor]:
         documents = [list(row["documents"])[: self.max_documents] for row in rows]
+        if raw:
+            segments = raw_document_segments(self.tokenizer, self.config, documents)
+        else:
+            segments = memory_segments(self.config, [len(d) for d in documents])
         return build_generator_inputs(
             self.tokenizer,
             self.config,
             [row["question"] for row in rows],
-            memory_segments(self.config, [len(d) for d in documents]),
+            segments,
             answers=[self._answer(row, i) for i, row in enumerate(rows)],
             padding_side="right",
             pad_to_length=pad_to_length,
@@ -127,6 +139,12 @@ class ScaleDownDataCollator(FromModelMixin):
             compressor_length = max_compressor_length(self.compressor_tokenizer, config)
         batch = build_compressor_inputs(self.compressor_tokenizer, config, questions, documents, compressor_length)
         batch.update(self._generator_inputs(rows, self.max_prompt_length if self.pad_to_fixed_length else None))
+        if self.raw_document_teacher:
+            teacher = self._generator_inputs(rows, raw=True)
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = (
+                teacher["input_ids"],
+                teacher["attention_mask"],
+            )
         if config.enable_reranking and all(self.scores_field in row for row in rows):
             scores = []
             for i, (row, docs) in enumerate(zip(rows, documents)):

@@ -20,7 +20,7 @@ import torch
 from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import build_generator_inputs
+from ..modeling_scaledown import build_generator_inputs, raw_document_segments
 from .data import save_dataset_atomically, sentence_embeddings
 
 
@@ -33,19 +33,13 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _document_ids(tokenizer, documents: list[str], doc_max_length: int) -> list[list[int]]:
-    if not documents:
-        return []
-    return tokenizer(documents, add_special_tokens=False, truncation=True, max_length=doc_max_length)["input_ids"]
-
-
 @torch.no_grad()
 def teacher_answers(
     model, tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], max_new_tokens=128
 ) -> list[str]:
     """Greedy answers of `model` reading the raw documents (truncated to `config.doc_max_length` tokens) in the same
     chat prompt as the compressed model."""
-    segments = [_document_ids(tokenizer, docs, config.doc_max_length) for docs in documents]
+    segments = raw_document_segments(tokenizer, config, documents)
     inputs = build_generator_inputs(tokenizer, config, questions, segments, padding_side="left")
     device = _device_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -82,7 +76,7 @@ def llm_relevance_scores(
     if not pairs:
         return [[] for _ in questions]
     prompts = [f"{q}\n\n{RELEVANCE_QUESTION}" for q, _ in pairs]
-    segments = [[ids] for ids in _document_ids(tokenizer, [d for _, d in pairs], config.doc_max_length)]
+    segments = raw_document_segments(tokenizer, config, [[d] for _, d in pairs])
     inputs = build_generator_inputs(tokenizer, config, prompts, segments, padding_side="left")
     device = _device_of(model)
     logits = (

@@ -4,6 +4,12 @@ OSCAR trains with sentence-level distillation: cross-entropy on the answer a tea
 documents, plus `reranking_loss_weight` x MSE between the model's relevance score and a teacher reranker's. An optional
 token-level KL to teacher logits is supported when those are supplied.
 
+Dense distillation from the raw-document teacher (the base generator reading the documents as text, the prompt
+otherwise identical): the compressed and the raw prompt share their ending (question, answer) token for token, so
+their positions can be paired ([`aligned_suffix_positions`]) and the student's hidden states
+([`hidden_state_alignment`]) and answer logits ([`distillation_kl`] on the paired positions) pulled towards the
+teacher's: a signal at every layer and position, where the answer's cross-entropy gives a few bits per example.
+
 Normalisation under gradient accumulation: token terms are *summed* and divided by `num_items_in_batch`, the number of
 label tokens of the whole accumulated (and, under DDP, gathered) batch, so that the accumulated gradient equals the
 gradient of the per-token mean over that batch. Without `num_items_in_batch` they are per-token means of the
@@ -115,18 +121,31 @@ def distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     num_accumulation_steps: int = 1,
     num_pairs_in_batch: int | torch.Tensor | None = None,
+    teacher_positions: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
+    student_hidden: list[torch.Tensor] | None = None,
+    teacher_hidden: list[torch.Tensor] | None = None,
+    hidden_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """OSCAR's objective: `CE(answer) + reranking_loss_weight * MSE(scores) (+ kl_weight * KL)`.
+    """OSCAR's objective `CE(answer) + reranking_loss_weight * MSE(scores) (+ kl_weight * KL)`, plus, with a
+    raw-document teacher, `hidden_weight * (1 - cos)` between paired hidden states.
 
     The returned loss is already scaled for gradient accumulation over `num_accumulation_steps` micro-batches: token
     terms are divided by `num_items_in_batch` when given (see the module doc), else they are micro-batch means divided
     by `num_accumulation_steps`; likewise the squared errors are divided by `num_pairs_in_batch` (the (query,
     document) pairs of the accumulated batch) when given, else averaged per micro-batch and divided by
-    `num_accumulation_steps`.
+    `num_accumulation_steps`. The hidden-state term is a micro-batch mean divided by `num_accumulation_steps`.
+
+    Args:
+        teacher_positions (`tuple`, *optional*): `(student_index, teacher_index, valid)` from
+            [`aligned_suffix_positions`] when the teacher read another prompt (the raw documents); the KL then pairs
+            positions instead of assuming equal shapes (`teacher_index=None`: `teacher_logits` are already gathered,
+            `(batch, k, vocab)`).
+        student_hidden, teacher_hidden (`list[torch.Tensor]`, *optional*): per aligned layer `(batch, length,
+            hidden)`, paired through `teacher_positions` (see [`hidden_state_alignment`]).
 
     Returns:
         `(loss, terms)`: the scalar to back-propagate and, detached, the micro-batch means of the unweighted terms
-        (`ce`, and `rerank_mse` / `kl` when active) for logging.
+        (`ce`, and `rerank_mse` / `kl` / `hidden` when active) for logging.
     """
     steps = max(int(num_accumulation_steps), 1)
     scale = 1.0 if num_items_in_batch is not None else 1.0 / steps
@@ -147,10 +166,121 @@ def distillation_loss(
         loss = loss + reranking_loss_weight * scaled
         terms["rerank_mse"] = mse.detach()
     if teacher_logits is not None and kl_weight > 0:
-        kl = distillation_kl(logits, teacher_logits, labels, kl_temperature, num_items_in_batch)
+        if teacher_positions is None:
+            kl = distillation_kl(logits, teacher_logits, labels, kl_temperature, num_items_in_batch)
+        else:
+            kl = aligned_distillation_kl(
+                logits, teacher_logits, labels, *teacher_positions, kl_temperature, num_items_in_batch
+            )
         loss = loss + kl_weight * kl * scale
         terms["kl"] = kl.detach()
+    if student_hidden is not None and teacher_hidden is not None and hidden_weight > 0:
+        if teacher_positions is None:
+            raise ValueError("The hidden-state term needs `teacher_positions` (see `aligned_suffix_positions`).")
+        student_index, teacher_index, valid = teacher_positions
+        hidden = hidden_state_alignment(student_hidden, teacher_hidden, student_index, teacher_index, valid)
+        loss = loss + hidden_weight * hidden / steps
+        terms["hidden"] = hidden.detach()
     return loss, terms
+
+
+def aligned_suffix_positions(
+    student_ids: torch.Tensor, student_mask: torch.Tensor, teacher_ids: torch.Tensor, teacher_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pair the positions of the longest common ending of each row's real tokens in two batches of sequences.
+
+    The compressed prompt and the raw-document prompt of a question differ only in the document block; what follows
+    it (question, chat markup, answer) is the same tokens. Padding may sit on either side.
+
+    Args:
+        student_ids, student_mask (`torch.Tensor` of shape `(batch_size, student_len)`): ids and attention mask.
+        teacher_ids, teacher_mask (`torch.Tensor` of shape `(batch_size, teacher_len)`): the same for the teacher.
+
+    Returns:
+        `(student_index, teacher_index, valid)`, each `(batch_size, suffix_len)` with `suffix_len` the longest common
+        ending in the batch: the positions of the k-th token of each row's common ending (left-aligned, in order) in
+        either batch, and whether that slot exists for the row (indices of missing slots are 0).
+    """
+    if student_ids.shape[0] != teacher_ids.shape[0]:
+        raise ValueError(f"Student batch {student_ids.shape[0]} and teacher batch {teacher_ids.shape[0]} differ.")
+    pairs = []
+    for s_ids, s_mask, t_ids, t_mask in zip(
+        student_ids.cpu(), student_mask.cpu(), teacher_ids.cpu(), teacher_mask.cpu()
+    ):
+        s_pos, t_pos = s_mask.nonzero().flatten(), t_mask.nonzero().flatten()
+        s_tok, t_tok = s_ids[s_pos], t_ids[t_pos]
+        n = min(len(s_tok), len(t_tok))
+        equal = (s_tok[len(s_tok) - n :] == t_tok[len(t_tok) - n :]).flip(0)
+        common = int(equal.long().cumprod(0).sum())
+        pairs.append((s_pos[len(s_pos) - common :], t_pos[len(t_pos) - common :]))
+    length = max((len(s) for s, _ in pairs), default=0)
+    student_index = torch.zeros(len(pairs), length, dtype=torch.long)
+    teacher_index = torch.zeros_like(student_index)
+    valid = torch.zeros(len(pairs), length, dtype=torch.bool)
+    for row, (s, t) in enumerate(pairs):
+        student_index[row, : len(s)], teacher_index[row, : len(t)], valid[row, : len(s)] = s, t, True
+    return student_index.to(student_ids.device), teacher_index.to(student_ids.device), valid.to(student_ids.device)
+
+
+def gather_positions(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`values[b, index[b, k]]` for `values` `(batch, length, ...)` and `index` `(batch, k)`."""
+    index = index.to(values.device)
+    shape = index.shape + values.shape[2:]
+    expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
+    return torch.gather(values, 1, expanded)
+
+
+def hidden_state_alignment(
+    student_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    teacher_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    student_index: torch.Tensor,
+    teacher_index: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """Mean cosine distance `1 - cos(student, teacher)` between paired hidden states, over layers and positions.
+
+    Cosine rather than squared error: the residual stream's norm grows with depth and a few massive-activation
+    dimensions would dominate an unnormalised error.
+
+    Args:
+        student_hidden, teacher_hidden: one tensor `(batch_size, length, hidden_size)` per aligned layer (the same
+            number of layers on both sides; lengths may differ).
+        student_index, teacher_index, valid (`torch.Tensor` of shape `(batch_size, k)`): paired positions (see
+            [`aligned_suffix_positions`]).
+
+    Returns:
+        Scalar loss in [0, 2]; 0 when there is no valid pair or no layer.
+    """
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"{len(student_hidden)} student layers against {len(teacher_hidden)} teacher layers.")
+    mask = valid.to(student_hidden[0].device if student_hidden else valid.device)
+    if not student_hidden or not bool(mask.any()):
+        return (student_hidden[0].sum() * 0.0) if student_hidden else torch.zeros(())
+    total = 0.0
+    for student, teacher in zip(student_hidden, teacher_hidden):
+        s = gather_positions(student, student_index)[mask].float()
+        t = gather_positions(teacher, teacher_index)[mask].to(s.device).float()
+        total = total + (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+    return total / len(student_hidden)
+
+
+def aligned_distillation_kl(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    student_index: torch.Tensor,
+    teacher_index: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float = 1.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[`distillation_kl`] on paired positions: the student's logits `(batch, student_len, vocab)` and labels at
+    `student_index`, the teacher's logits at `teacher_index` (`teacher_logits` may already be gathered: `(batch, k,
+    vocab)` with `teacher_index=None`)."""
+    student = gather_positions(logits, student_index)
+    teacher = teacher_logits if teacher_index is None else gather_positions(teacher_logits, teacher_index)
+    targets = torch.where(valid.to(labels.device), gather_positions(labels, student_index), IGNORE_INDEX)
+    return distillation_kl(student, teacher, targets, temperature, num_items_in_batch)
 
 
 def _denominator(labels, num_items_in_batch, ignore_index, like: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,9 @@ def make_pretraining_rows(
     rng = random.Random(seed)
     rows = []
     for text in texts:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+        encoded = tokenizer(
+            text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=tokenizer.is_fast
+        )
         ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")
         for start in range(0, len(ids), chunk_length):
             end = min(start + chunk_length, len(ids))

@@ -39,6 +39,17 @@ class ModelArguments:
     compression_rate: int = field(default=16, metadata={"help": "Document tokens per memory embedding."})
     query_max_length: int = field(default=64, metadata={"help": "Query tokens read by the compressor."})
     enable_reranking: bool = field(default=False, metadata={"help": "Train the relevance head on teacher scores."})
+    memory_injection_layer: int = field(
+        default=0,
+        metadata={
+            "help": "Generator layer where the memory enters: 0 = input embeddings (OSCAR), k = the residual stream "
+            "at layer k (natural for an N-layers compressor: k = N)."
+        },
+    )
+    memory_slots: str = field(
+        default="tokens",
+        metadata={"help": "tokens (states at appended <MEM_i> tokens, OSCAR) or chunk_mean (mean of each chunk)."},
+    )
     use_lora: bool = field(default=True, metadata={"help": "LoRA on the generator (else the generator is frozen)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -174,6 +185,8 @@ def build_model(model_args: ModelArguments):
         "compression_rate": model_args.compression_rate,
         "query_max_length": model_args.query_max_length,
         "enable_reranking": model_args.enable_reranking,
+        "memory_injection_layer": model_args.memory_injection_layer,
+        "memory_slots": model_args.memory_slots,
         "use_lora": model_args.use_lora,
         "lora_r": model_args.lora_r,
         "lora_alpha": model_args.lora_alpha,

@@ -12,7 +12,7 @@ from transformers.utils import logging
 
 from .arguments import ScaleDownTrainingArguments
 from .collator import ScaleDownDataCollator
-from .losses import distillation_loss
+from .losses import aligned_suffix_positions, distillation_loss, gather_positions
 
 
 logger = logging.get_logger(__name__)
@@ -93,6 +93,7 @@ class DistillationTrainerMixin:
                 max_answer_length=getattr(args, "max_answer_length", 128),
                 pad_to_fixed_length=getattr(args, "pad_to_fixed_length", False),
                 max_prompt_length=getattr(args, "max_prompt_length", None),
+                raw_document_teacher=getattr(args, "raw_document_teacher", False),
             )
         if isinstance(data_collator, ScaleDownDataCollator) and train_dataset is not None:
             data_collator.fit(train_dataset)
@@ -136,12 +137,57 @@ class DistillationTrainerMixin:
             self._num_pairs_in_batch = total
         return batch_samples, num_items_in_batch
 
+    @torch.no_grad()
+    def _raw_document_teacher(self, model, inputs, positions, want_hidden: bool):
+        """The base generator (adapters off) on the raw-document prompts: its answer logits at the paired positions
+        `(batch, k, vocab)` and, with `want_hidden`, its hidden states (embeddings + every layer's output)."""
+        scaledown = unwrap(model)
+        was_training = scaledown.training
+        scaledown.eval()  # no dropout in the teacher
+        try:
+            with scaledown.generator_adapters_disabled():
+                decoder = scaledown.generator.get_decoder()
+                mask = inputs["teacher_attention_mask"]
+                out = decoder(
+                    input_ids=inputs["teacher_input_ids"],
+                    attention_mask=mask,
+                    position_ids=(mask.long().cumsum(1) - 1).clamp(min=0),
+                    output_hidden_states=want_hidden,
+                    use_cache=False,
+                    return_dict=True,
+                )
+                head = scaledown.generator.get_output_embeddings()
+                logits = head(gather_positions(out.last_hidden_state, positions[1]))
+        finally:
+            scaledown.train(was_training)
+        return logits, (out.hidden_states if want_hidden else None)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         teacher_scores = inputs.get("teacher_scores")
         teacher_logits = inputs.get("teacher_logits")
-        outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS if k in inputs})
+        kl_weight = getattr(self.args, "kl_weight", 0.0)
+        hidden_weight = getattr(self.args, "hidden_distillation_weight", 0.0)
+        online_teacher = "teacher_input_ids" in inputs and (kl_weight > 0 or hidden_weight > 0)
+        model_kwargs = {"output_hidden_states": True} if online_teacher and hidden_weight > 0 else {}
+        outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS if k in inputs}, **model_kwargs)
         config = unwrap(model).config
+        positions, student_hidden, teacher_hidden = None, None, None
+        if online_teacher:
+            student_index, teacher_index, valid = aligned_suffix_positions(
+                inputs["input_ids"], inputs["attention_mask"], inputs["teacher_input_ids"],
+                inputs["teacher_attention_mask"],
+            )  # fmt: skip
+            teacher_logits, all_teacher_hidden = self._raw_document_teacher(
+                model, inputs, (student_index, teacher_index), hidden_weight > 0
+            )
+            positions = (student_index, None, valid)
+            if hidden_weight > 0:
+                # Outputs of the layers from the injection layer on; the last entry (after the final norm) is left out.
+                first = getattr(config, "memory_injection_layer", 0) + 1
+                student_hidden = list(outputs.hidden_states[first:-1])
+                teacher_hidden = [gather_positions(h, teacher_index) for h in all_teacher_hidden[first:-1]]
+                positions = (student_index, torch.arange(student_index.shape[1]).expand_as(student_index), valid)
         weight = (
             self.args.reranking_loss_weight
             if getattr(self.args, "reranking_loss_weight", None) is not None
@@ -161,11 +207,15 @@ class DistillationTrainerMixin:
             teacher_scores=teacher_scores,
             reranking_loss_weight=weight,
             teacher_logits=teacher_logits,
-            kl_weight=getattr(self.args, "kl_weight", 0.0),
+            kl_weight=kl_weight,
             kl_temperature=getattr(self.args, "kl_temperature", 1.0),
             num_items_in_batch=num_items_in_batch,
             num_accumulation_steps=steps if model.training else 1,
             num_pairs_in_batch=num_pairs,
+            teacher_positions=positions,
+            student_hidden=student_hidden,
+            teacher_hidden=teacher_hidden,
+            hidden_weight=hidden_weight,
         )
         prefix = "" if model.training else "eval_"
         for key, value in terms.items():  # kept on the device until logged: no host sync per step (XLA)
