@@ -39,7 +39,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="A ScaleDown folder to start from (default: a fresh one).")
     parser.add_argument("--num-compressor-layers", type=int, default=5)
     parser.add_argument("--memory-injection-layer", type=int, default=0)
-    parser.add_argument("--memory-slots", default="tokens", choices=["tokens", "chunk_mean"])
+    parser.add_argument("--memory-slots", default="tokens", choices=["tokens", "chunk_mean", "chunk_attention"])
     parser.add_argument("--no-lora", action="store_true", help="Keep the generator frozen (no LoRA adapters).")
     parser.add_argument("--answer-field", default="gold_answers")
     parser.add_argument("--train-documents", type=int, default=1)

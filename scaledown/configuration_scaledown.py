@@ -11,7 +11,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 COMPRESSOR_TYPES = ("n_layers", "encoder", "llm")
-MEMORY_SLOTS = ("tokens", "chunk_mean")
+MEMORY_SLOTS = ("tokens", "chunk_mean", "chunk_attention")
 DEFAULT_GENERATOR = "mistralai/Mistral-7B-Instruct-v0.2"
 DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
 DEFAULT_LLM_COMPRESSOR = "meta-llama/Llama-3.2-1B-Instruct"
@@ -118,7 +118,9 @@ class ScaleDownConfig(PretrainedConfig):
             How the `num_memory_tokens` vectors of a document are read from the compressor. `"tokens"` (OSCAR): the
             hidden states at the appended `<MEM_1>..<MEM_l>` tokens. `"chunk_mean"`: the mean hidden state of each of
             `num_memory_tokens` consecutive, equal chunks of the document's tokens (the query still conditions them
-            through attention); the compressor input keeps its `<MEM_i>` tokens.
+            through attention); the compressor input keeps its `<MEM_i>` tokens. `"chunk_attention"`: the same chunks,
+            each pooled with softmax weights from a learned score of every position (zero-initialised, so it starts
+            as `"chunk_mean"`), so that a slot can learn to carry the tokens the query needs.
     """
 
     model_type = "scaledown"

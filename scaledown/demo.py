@@ -24,6 +24,17 @@ class DemoSettings:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where everything is written."})
     generator: str | None = field(default=None, metadata={"help": "Generator (default: SmolLM2-135M-Instruct)."})
     num_compressor_layers: int = field(default=5, metadata={"help": "Generator layers copied into the compressor."})
+    memory_injection_layer: int = field(
+        default=-1,
+        metadata={
+            "help": "Generator layer where the memory enters: -1 = the compressor's depth (num_compressor_layers), "
+            "0 = the input embeddings (OSCAR)."
+        },
+    )
+    memory_slots: str = field(
+        default="chunk_attention",
+        metadata={"help": "chunk_attention (learned pooling of each document chunk), chunk_mean or tokens (OSCAR)."},
+    )
     enable_reranking: bool = field(default=True, metadata={"help": "Train and evaluate the relevance head."})
     data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
     train_questions: int = field(default=160, metadata={"help": "Training questions."})
@@ -34,8 +45,20 @@ class DemoSettings:
     label_batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
     batch_size: int = field(default=4, metadata={"help": "Training batch size."})
-    learning_rate_generator: float = field(default=1e-4, metadata={"help": "LoRA learning rate (paper: 1e-4)."})
-    learning_rate_compressor: float = field(default=5e-5, metadata={"help": "Compressor learning rate (paper: 5e-5)."})
+    learning_rate_generator: float = field(default=5e-4, metadata={"help": "LoRA learning rate (paper: 1e-4)."})
+    learning_rate_compressor: float = field(default=2e-4, metadata={"help": "Compressor learning rate (paper: 5e-5)."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule (paper: linear decay after a 5 % warmup)."}
+    )
+    kl_weight: float = field(
+        default=0.0, metadata={"help": "KL to the raw-document teacher's answer distribution (0: CE only, OSCAR)."}
+    )
+    hidden_distillation_weight: float = field(
+        default=0.0, metadata={"help": "Cosine distance to the raw-document teacher's hidden states."}
+    )
+    gain_documents: int = field(
+        default=1, metadata={"help": "Documents per held-out question for the document gain share (0: skip it)."}
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_max_new_tokens: int = field(default=32, metadata={"help": "Greedy answer length at evaluation."})
     benchmark_batch_sizes: list[int] = field(default_factory=lambda: [1, 16], metadata={"help": "Benchmark batches."})
@@ -68,6 +91,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from transformers import AutoTokenizer, set_seed
 
     from .evaluation.benchmark import SAMPLE, run_benchmark
+    from .evaluation.likelihood import document_gain
     from .evaluation.run import evaluate_model, paired_match
     from .hub_cards import write_model_card
     from .modeling_scaledown import ScaleDownForCausalLM
@@ -104,8 +128,13 @@ def run_demo(settings: DemoSettings) -> dict:
 
     with _stage("build model", timings):
         set_seed(settings.seed)
+        injection = settings.memory_injection_layer
         model = ScaleDownForCausalLM.from_generator(
-            generator, num_compressor_layers=settings.num_compressor_layers, enable_reranking=settings.enable_reranking
+            generator,
+            num_compressor_layers=settings.num_compressor_layers,
+            enable_reranking=settings.enable_reranking,
+            memory_injection_layer=settings.num_compressor_layers if injection < 0 else injection,
+            memory_slots=settings.memory_slots,
         )
         if settings.device:
             model.to(settings.device)
@@ -145,7 +174,12 @@ def run_demo(settings: DemoSettings) -> dict:
             per_device_train_batch_size=settings.batch_size,
             learning_rate_generator=settings.learning_rate_generator,
             learning_rate_compressor=settings.learning_rate_compressor,
+            lr_scheduler_type=settings.lr_scheduler_type,
+            warmup_ratio=0.0 if settings.lr_scheduler_type == "constant" else 0.05,
             num_train_documents=settings.train_documents,
+            raw_document_teacher=settings.kl_weight > 0 or settings.hidden_distillation_weight > 0,
+            kl_weight=settings.kl_weight,
+            hidden_distillation_weight=settings.hidden_distillation_weight,
             logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
             save_strategy="no",
             seed=settings.seed,
@@ -167,6 +201,8 @@ def run_demo(settings: DemoSettings) -> dict:
             with_baseline=False,
             max_new_tokens=settings.eval_max_new_tokens,
         )
+        if settings.gain_documents > 0:  # how much of the documents' information the generator reads from memory
+            after["document_gain"] = document_gain(model, test_rows, settings.gain_documents, settings.eval_batch_size)
         # The baseline does not change with training: reuse its answers for the pairwise comparison.
         for record, previous in zip(after["records"], before["records"]):
             record["uncompressed"] = previous["uncompressed"]

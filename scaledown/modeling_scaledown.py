@@ -133,14 +133,20 @@ def _gather_positions(hidden: torch.Tensor, mask: torch.Tensor, count: int) -> t
 
 
 def _chunk_means(
-    hidden: torch.Tensor, input_ids: torch.LongTensor, is_memory: torch.Tensor, separator_id: int, count: int
+    hidden: torch.Tensor,
+    input_ids: torch.LongTensor,
+    is_memory: torch.Tensor,
+    separator_id: int,
+    count: int,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean hidden state of each of `count` consecutive, equal chunks of every row's document tokens: `(rows, count,
     width)`. The document tokens of a row are those after its `separator_id` token (or from the start, for rows
     without one: document suffixes read after a cached query prefix) and before its first memory token (so never
     padding, which follows the memory tokens). Token `t` of an `n`-token document goes to chunk `t * count // n`:
-    every chunk holds `n / count` tokens (at least one when `n >= count`; a chunk without tokens gives zeros). Static
-    shapes (cumulative sums and a batched matmul), so that XLA compiles it once."""
+    every chunk holds `n / count` tokens (at least one when `n >= count`; a chunk without tokens gives zeros). With
+    `scores` `(rows, length)`, each chunk is a softmax-weighted mean instead (equal scores: the plain mean). Static
+    shapes (cumulative sums, a masked softmax and a batched matmul), so that XLA compiles it once."""
     is_separator = input_ids == separator_id
     seen_separator = is_separator.long().cumsum(1) > 0
     after_separator = torch.where(is_separator.any(1, keepdim=True), seen_separator & ~is_separator, True)
@@ -148,11 +154,13 @@ def _chunk_means(
     length = is_document.sum(1, keepdim=True)
     index = is_document.long().cumsum(1) - 1
     chunk = torch.div(index * count, length.clamp(min=1), rounding_mode="floor")
-    weights = (chunk.unsqueeze(1) == torch.arange(count, device=chunk.device).view(1, -1, 1)) & is_document.unsqueeze(
-        1
-    )
-    weights = weights.to(hidden.dtype)
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+    member = (chunk.unsqueeze(1) == torch.arange(count, device=chunk.device).view(1, -1, 1)) & is_document.unsqueeze(1)
+    if scores is None:
+        weights = member.to(hidden.dtype)
+    else:
+        logits = scores.float().unsqueeze(1).masked_fill(~member, float("-inf"))
+        weights = torch.exp(logits - logits.amax(-1, keepdim=True).clamp(min=-1e4)).to(hidden.dtype)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
     return torch.bmm(weights, hidden)
 
 
@@ -375,6 +383,11 @@ def _hidden_size(config) -> int:
     return config.hidden_size
 
 
+class ScaleDownSlotScorer(nn.Linear):
+    """Score of every compressor position for `memory_slots="chunk_attention"`: each memory slot is the
+    softmax(score)-weighted mean of its document chunk. Zero-initialised, so training starts from the plain means."""
+
+
 class ScaleDownPreTrainedModel(PreTrainedModel):
     config_class = ScaleDownConfig
     base_model_prefix = "scaledown"
@@ -386,8 +399,12 @@ class ScaleDownPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module):
-        """Initialise the projection and reranking head; generator and compressor initialise themselves."""
-        if isinstance(module, nn.Linear):
+        """Initialise the projection, reranking head and slot scorer; generator and compressor initialise
+        themselves."""
+        if isinstance(module, ScaleDownSlotScorer):  # equal scores: chunk_attention starts as chunk_mean
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -441,6 +458,9 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 nn.Linear(compressor_width, hidden), nn.ReLU(), nn.Linear(hidden, generator_width)
             )
         self.rerank_head = nn.Linear(compressor_width, 1) if config.enable_reranking else None
+        self.slot_scorer = (
+            ScaleDownSlotScorer(compressor_width, 1) if config.memory_slots == "chunk_attention" else None
+        )
 
         if config.memory_injection_layer and config.memory_injection_layer >= len(self._generator_layers()):
             raise ValueError(
@@ -484,7 +504,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """Freeze the generator except its LoRA adapters; compressor, projection and reranking head train fully."""
         for name, param in self.generator.named_parameters():
             param.requires_grad = bool(self.config.use_lora) and "lora_" in name
-        for module in (self.compressor, self.projection, self.rerank_head):
+        for module in (self.compressor, self.projection, self.rerank_head, self.slot_scorer):
             if module is not None:
                 module.requires_grad_(True)
 
@@ -843,9 +863,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
                 f"{int(is_memory.sum())} memory tokens in {num_rows} rows."
             )
-        if config.memory_slots == "chunk_mean":
+        if config.memory_slots in ("chunk_mean", "chunk_attention"):
+            scores = self.slot_scorer(hidden).squeeze(-1) if self.slot_scorer is not None else None
             memory = _chunk_means(
-                hidden, input_ids, is_memory, config.document_separator_token_id, config.num_memory_tokens
+                hidden, input_ids, is_memory, config.document_separator_token_id, config.num_memory_tokens, scores
             )
         else:
             memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)

@@ -110,6 +110,18 @@ def write_report(run: dict, output_dir) -> Path:
             f"{paired['compressed_only']} questions only ScaleDown answers, {paired['uncompressed_only']} only the "
             f"uncompressed generator.",
         ]
+    gain = after.get("document_gain")
+    if gain:
+        share = gain.get("gain_share")
+        lines += [
+            "",
+            f"Does the generator read its memory? Document gain (gold-answer NLL with another question's documents "
+            f"minus with its own, top {gain['num_documents']}, {gain['questions']} questions): "
+            f"{_fmt(gain['compressed']['document_gain'])} ± {_fmt(gain['compressed']['document_gain_stderr'])} "
+            f"nats/token through the memory after training, {_fmt(gain['uncompressed']['document_gain'])} ± "
+            f"{_fmt(gain['uncompressed']['document_gain_stderr'])} for the base generator reading the raw documents: "
+            f"**gain share {_fmt(share)}** (1 = the memory serves as well as the text).",
+        ]
     if "reranking" in after:
         r = after["reranking"]
         lines += ["", f"Reranking agreement with the teacher after training: {json.dumps(r)}."]

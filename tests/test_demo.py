@@ -34,6 +34,12 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     assert "1" in run["benchmark"]["per_batch_size"]
     report = (out / "report.md").read_text()
     assert "ScaleDown after training" in report and "uncompressed base generator" in report
+    gain = run["eval_after"]["document_gain"]
+    assert gain["num_documents"] == 1 and gain["questions"] == 4
+    share = f"{gain['gain_share']:.3f}" if "gain_share" in gain else "—"  # no share when the raw gain is <= 0
+    assert f"gain share {share}" in report
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["memory_injection_layer"], config["memory_slots"]) == (5, "chunk_attention")
     card = ModelCard.load(out / "model" / "README.md")
     match = {r.metric_type: r.metric_value for r in card.data.eval_results}["match"]
     assert match == round(run["eval_after"]["compressed"]["gold"]["match"], 4)

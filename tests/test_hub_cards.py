@@ -69,6 +69,15 @@ def test_card_carries_the_runs_numbers_and_metadata(folder):
     assert 'AutoModelForCausalLM.from_pretrained("org/scaledown-smollm2-5l", trust_remote_code=True)' in text
     assert "0.2875" in text and "0.34" in text and "2.7×" in text and "x86_64 CPU" in text
     assert "2504.07109" in text and "Limitations" in text
+    assert "| memory enters the generator | as input embeddings (OSCAR) |" in text
+
+
+def test_card_states_the_memory_path(tmp_path):
+    model = make_scaledown(memory_injection_layer=2, memory_slots="chunk_attention")
+    model.save_pretrained(tmp_path / "deep")
+    text = build_model_card(tmp_path / "deep").text
+    assert "| memory slots | learned-attention pooling of each document chunk |" in text
+    assert "| memory enters the generator | in the residual stream at layer 2 |" in text
 
 
 def test_card_without_evaluation_says_so(folder):

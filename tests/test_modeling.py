@@ -26,18 +26,17 @@ VARIANTS = [
     ("llama", "encoder", "bert"),
     ("mistral", "encoder", "modernbert"),
     ("qwen2", "llm", None),
-    # Memory written into the residual stream at generator layer 2 (the compressor's depth), chunk-mean slots.
-    ("llama", "n_layers", None, "deep"),
-    ("qwen2", "llm", None, "deep"),
+    # Memory written into the residual stream at generator layer 2 (the compressor's depth), pooled chunk slots.
+    ("llama", "n_layers", None, "chunk_mean"),
+    ("qwen2", "llm", None, "chunk_attention"),
 ]
-DEEP_MEMORY = {"memory_injection_layer": 2, "memory_slots": "chunk_mean"}
 VARIANT_IDS = ["-".join(v for v in variant if v) for variant in VARIANTS]
 
 
 def build(variant, **kwargs):
-    arch, compressor_type, encoder, *deep = variant
-    if deep:
-        kwargs = {**DEEP_MEMORY, **kwargs}
+    arch, compressor_type, encoder, *slots = variant
+    if slots:
+        kwargs = {"memory_injection_layer": 2, "memory_slots": slots[0], **kwargs}
     return make_scaledown(arch, compressor_type, encoder=encoder or "bert", **kwargs)
 
 
@@ -679,6 +678,13 @@ def test_chunk_means_average_equal_chunks_of_the_document_tokens():
     for row, chunks in enumerate(expected):
         for chunk, value in enumerate(chunks):
             assert torch.allclose(means[row, chunk], value, atol=1e-6)
+    # Scores: equal ones give the same means; a large score on one token makes its chunk that token's state.
+    assert torch.allclose(modeling._chunk_means(hidden, ids, is_memory, sep, 2, torch.zeros(3, 12)), means, atol=1e-6)
+    scores = torch.zeros(3, 12)
+    scores[0, 5] = 50.0
+    focused = modeling._chunk_means(hidden, ids, is_memory, sep, 2, scores)
+    assert torch.allclose(focused[0, 0], hidden[0, 5], atol=1e-5)
+    assert torch.allclose(focused[0, 1], means[0, 1]) and torch.allclose(focused[1:], means[1:])
 
 
 def test_deep_memory_enters_at_its_layer_and_generation_reads_it_from_the_cache(rag_batch):

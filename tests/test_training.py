@@ -331,6 +331,8 @@ def test_cli_train_writes_a_loadable_safetensors_model(tmp_path, generator_folde
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
     assert (output / "checkpoint-4" / CHECKPOINT_COMPLETE).is_file()
     model = ScaleDownForCausalLM.from_pretrained(output)
+    # The CLI's default memory path: pooled chunks written at the compressor's depth (2 layers here).
+    assert (model.config.memory_injection_layer, model.config.memory_slots) == (2, "chunk_attention")
     questions, documents = ["What is the capital of France?"], [["Paris is the capital of France."]]
     expected = model.generate_from_text(questions, documents, max_new_tokens=5)
     fresh = generate_in_fresh_process(output, questions, documents, tmp_path / "modules", max_new_tokens=5)

@@ -27,6 +27,19 @@ CITATION = """@article{louis2025oscar,
 }"""
 
 
+_SLOTS = {
+    "tokens": "hidden states at appended memory tokens (OSCAR)",
+    "chunk_mean": "mean hidden state of each document chunk",
+    "chunk_attention": "learned-attention pooling of each document chunk",
+}
+
+
+def _injection(layer: int) -> str:
+    if not layer:
+        return "as input embeddings (OSCAR)"
+    return f"in the residual stream at layer {layer}"
+
+
 def hub_id(name_or_path: str | None) -> str | None:
     """The hub id behind a name or a local folder, when it can be known."""
     if not name_or_path:
@@ -136,6 +149,8 @@ def _body(config: dict, run: dict | None, repo: str, generator: str) -> str:
         f"| document tokens → memory embeddings | {config['doc_max_length']} → {config['num_memory_tokens']} "
         f"(rate {config['compression_rate']}) |",
         f"| query tokens read by the compressor | {config['query_max_length']} |",
+        f"| memory slots | {_SLOTS.get(config.get('memory_slots', 'tokens'))} |",
+        f"| memory enters the generator | {_injection(config.get('memory_injection_layer', 0))} |",
         f"| generator adapters | LoRA r{config['lora_r']} / α{config['lora_alpha']} / "
         f"dropout {config['lora_dropout']}, "
         f"{config['lora_target_modules']} |",

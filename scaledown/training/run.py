@@ -40,15 +40,18 @@ class ModelArguments:
     query_max_length: int = field(default=64, metadata={"help": "Query tokens read by the compressor."})
     enable_reranking: bool = field(default=False, metadata={"help": "Train the relevance head on teacher scores."})
     memory_injection_layer: int = field(
-        default=0,
+        default=-1,
         metadata={
-            "help": "Generator layer where the memory enters: 0 = input embeddings (OSCAR), k = the residual stream "
-            "at layer k (natural for an N-layers compressor: k = N)."
+            "help": "Generator layer where the memory enters: -1 = the compressor's depth for an N-layers compressor "
+            "(else 0), 0 = input embeddings (OSCAR), k = the residual stream at layer k."
         },
     )
     memory_slots: str = field(
-        default="tokens",
-        metadata={"help": "tokens (states at appended <MEM_i> tokens, OSCAR) or chunk_mean (mean of each chunk)."},
+        default="chunk_attention",
+        metadata={
+            "help": "chunk_attention (learned pooling of each document chunk), chunk_mean, or tokens (states at "
+            "appended <MEM_i> tokens, OSCAR)."
+        },
     )
     use_lora: bool = field(default=True, metadata={"help": "LoRA on the generator (else the generator is frozen)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -185,7 +188,9 @@ def build_model(model_args: ModelArguments):
         "compression_rate": model_args.compression_rate,
         "query_max_length": model_args.query_max_length,
         "enable_reranking": model_args.enable_reranking,
-        "memory_injection_layer": model_args.memory_injection_layer,
+        "memory_injection_layer": model_args.memory_injection_layer
+        if model_args.memory_injection_layer >= 0
+        else (model_args.num_compressor_layers if model_args.compressor_type == "n_layers" else 0),
         "memory_slots": model_args.memory_slots,
         "use_lora": model_args.use_lora,
         "lora_r": model_args.lora_r,
