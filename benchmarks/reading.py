@@ -11,6 +11,8 @@ and for the base generator reading the raw documents; their ratio is the gain sh
 Each run is appended, with its exact command and every point, to `--record` (default `docs/results/reading.json`).
 
     python benchmarks/reading.py --data outputs/reading/squad-all --name oscar --steps 0
+    python benchmarks/reading.py --data outputs/reading/squad-all --name r1-400 --steps 0 \
+        --model outputs/smollm2-5l-squad/checkpoint-400 --start-step 400
     python benchmarks/reading.py --data outputs/reading/squad-all --name deep-kl --memory-injection-layer 5 \
         --memory-slots chunk_mean --kl-weight 1 --hidden-weight 1 --steps 600 --eval-every 100
 """
@@ -37,6 +39,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="prepare-data folder with train and test splits.")
     parser.add_argument("--name", required=True, help="Name of the run in the record.")
     parser.add_argument("--model", default=None, help="A ScaleDown folder to start from (default: a fresh one).")
+    parser.add_argument(
+        "--start-step", type=int, default=0, help="Steps the --model folder was already trained for (recorded)."
+    )
     parser.add_argument("--num-compressor-layers", type=int, default=5)
     parser.add_argument("--memory-injection-layer", type=int, default=0)
     parser.add_argument("--memory-slots", default="tokens", choices=["tokens", "chunk_mean", "chunk_attention"])
@@ -100,6 +105,7 @@ def main(argv=None):
     record = Path(options.record)
 
     def measure(step: int, seconds: float, final: bool = False):
+        step += options.start_step
         point = {"step": step, "examples_seen": step * options.batch_size, "train_seconds": round(seconds, 1)}
         for k in options.eval_documents:
             if k != options.eval_documents[0] and not (step == 0 or final):
