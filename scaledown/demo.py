@@ -100,6 +100,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from .training.arguments import ScaleDownTrainingArguments
     from .training.data import prepare_data
     from .training.labeling import label_dataset
+    from .training.run import resolve_memory_injection_layer
     from .training.trainer import ScaleDownTrainer
 
     logging.set_verbosity_warning()
@@ -128,12 +129,13 @@ def run_demo(settings: DemoSettings) -> dict:
 
     with _stage("build model", timings):
         set_seed(settings.seed)
-        injection = settings.memory_injection_layer
         model = ScaleDownForCausalLM.from_generator(
             generator,
             num_compressor_layers=settings.num_compressor_layers,
             enable_reranking=settings.enable_reranking,
-            memory_injection_layer=settings.num_compressor_layers if injection < 0 else injection,
+            memory_injection_layer=resolve_memory_injection_layer(
+                settings.memory_injection_layer, "n_layers", settings.num_compressor_layers
+            ),
             memory_slots=settings.memory_slots,
         )
         if settings.device:

@@ -173,6 +173,14 @@ def parse_args(argv: list[str] | None = None, data_class=DataArguments):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def resolve_memory_injection_layer(layer: int, compressor_type: str, num_compressor_layers: int) -> int:
+    """The CLI's and the demo's `memory_injection_layer`: `-1` means the compressor's depth for an N-layers compressor
+    (its output is the generator's residual stream at that layer), else 0."""
+    if layer >= 0:
+        return layer
+    return num_compressor_layers if compressor_type == "n_layers" else 0
+
+
 def build_model(model_args: ModelArguments):
     import torch
 
@@ -188,9 +196,9 @@ def build_model(model_args: ModelArguments):
         "compression_rate": model_args.compression_rate,
         "query_max_length": model_args.query_max_length,
         "enable_reranking": model_args.enable_reranking,
-        "memory_injection_layer": model_args.memory_injection_layer
-        if model_args.memory_injection_layer >= 0
-        else (model_args.num_compressor_layers if model_args.compressor_type == "n_layers" else 0),
+        "memory_injection_layer": resolve_memory_injection_layer(
+            model_args.memory_injection_layer, model_args.compressor_type, model_args.num_compressor_layers
+        ),
         "memory_slots": model_args.memory_slots,
         "use_lora": model_args.use_lora,
         "lora_r": model_args.lora_r,
