@@ -105,10 +105,11 @@ def main(argv=None):
     record = Path(options.record)
 
     def measure(step: int, seconds: float, final: bool = False):
+        first_point = step == 0
         step += options.start_step
         point = {"step": step, "examples_seen": step * options.batch_size, "train_seconds": round(seconds, 1)}
         for k in options.eval_documents:
-            if k != options.eval_documents[0] and not (step == 0 or final):
+            if k != options.eval_documents[0] and not (first_point or final):
                 continue  # the extra document counts at the start and the end only
             report = document_gain(model, held_out, k, baseline=baselines.get(k))
             if k not in baselines:
