@@ -138,9 +138,10 @@ class DistillationTrainerMixin:
         return batch_samples, num_items_in_batch
 
     @torch.no_grad()
-    def _raw_document_teacher(self, model, inputs, positions, want_hidden: bool):
-        """The base generator (adapters off) on the raw-document prompts: its answer logits at the paired positions
-        `(batch, k, vocab)` and, with `want_hidden`, its hidden states (embeddings + every layer's output)."""
+    def _raw_document_teacher(self, model, inputs, teacher_index: torch.Tensor, want_hidden: bool):
+        """The base generator (adapters off) on the raw-document prompts, at the paired positions `teacher_index`
+        `(batch, k)`: its logits `(batch, k, vocab)` and, with `want_hidden`, its hidden states (embeddings + every
+        layer's output, each `(batch, k, hidden)`)."""
         scaledown = unwrap(model)
         was_training = scaledown.training
         scaledown.eval()  # no dropout in the teacher
@@ -157,10 +158,10 @@ class DistillationTrainerMixin:
                     return_dict=True,
                 )
                 head = scaledown.generator.get_output_embeddings()
-                logits = head(gather_positions(out.last_hidden_state, positions[1]))
+                logits = head(gather_positions(out.last_hidden_state, teacher_index))
         finally:
             scaledown.train(was_training)
-        return logits, (out.hidden_states if want_hidden else None)
+        return logits, ([gather_positions(h, teacher_index) for h in out.hidden_states] if want_hidden else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -179,15 +180,15 @@ class DistillationTrainerMixin:
                 inputs["teacher_attention_mask"],
             )  # fmt: skip
             teacher_logits, all_teacher_hidden = self._raw_document_teacher(
-                model, inputs, (student_index, teacher_index), hidden_weight > 0
+                model, inputs, teacher_index, hidden_weight > 0
             )
-            positions = (student_index, None, valid)
+            # The teacher's side is already gathered: position k of its tensors is the k-th paired position.
+            positions = (student_index, torch.arange(student_index.shape[1]).expand_as(student_index), valid)
             if hidden_weight > 0:
                 # Outputs of the layers from the injection layer on; the last entry (after the final norm) is left out.
                 first = getattr(config, "memory_injection_layer", 0) + 1
                 student_hidden = list(outputs.hidden_states[first:-1])
-                teacher_hidden = [gather_positions(h, teacher_index) for h in all_teacher_hidden[first:-1]]
-                positions = (student_index, torch.arange(student_index.shape[1]).expand_as(student_index), valid)
+                teacher_hidden = all_teacher_hidden[first:-1]
         weight = (
             self.args.reranking_loss_weight
             if getattr(self.args, "reranking_loss_weight", None) is not None
