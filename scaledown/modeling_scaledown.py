@@ -1089,6 +1089,11 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             inputs_embeds = self._merge_memory(input_ids, memory_embeddings)
         elif input_ids is not None:
             raise ValueError("Give either `input_ids` or `inputs_embeds`, not both.")
+        elif memory_embeddings is not None and self.config.memory_injection_layer > 0:
+            raise ValueError(
+                "With `memory_injection_layer` > 0 the memory is written at the `<MEM>` placeholders of `input_ids`: "
+                "give `input_ids`, not `inputs_embeds`."
+            )
         injection = (
             self._memory_injection(input_ids, memory_embeddings) if input_ids is not None else contextlib.nullcontext()
         )

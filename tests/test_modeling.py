@@ -719,6 +719,8 @@ def test_deep_memory_enters_at_its_layer_and_generation_reads_it_from_the_cache(
     beams = model.generate(**inputs, memory_embeddings=memory, max_new_tokens=5, num_beams=2, num_return_sequences=2)
     assert beams.shape[0] == 4
     assert not any(hook for layer in model._generator_layers() for hook in layer._forward_pre_hooks.values())
+    with pytest.raises(ValueError, match="give `input_ids`, not `inputs_embeds`"):
+        model(inputs_embeds=model.get_input_embeddings()(inputs["input_ids"]), memory_embeddings=memory)
 
 
 def test_memory_path_settings_are_validated_and_saved(tmp_path):
