@@ -928,8 +928,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 the same shapes whatever the batch: results are independent of the batch.
             reuse_query_prefix (`bool`, *optional*): with a decoder compressor (`"n_layers"`, `"llm"`), encode the
                 query prefix once per question and reuse its keys/values for all of its documents (same outputs
-                within fp32 tolerance, less compute). Default: on for decoder compressors; encoders read the query
-                bidirectionally and cannot.
+                within fp32 tolerance, less compute, but one compressor pass per question). Default: on for decoder
+                compressors on a CPU, where compute dominates; off on accelerators, where a few large passes over all
+                (question, document) rows cost less than one small, launch-bound pass per question. Encoders read the
+                query bidirectionally and cannot reuse it.
 
         Returns:
             [`CompressedDocuments`]: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`,
@@ -938,11 +940,11 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         validate_rag_inputs(questions, documents)
         self._check_tokenizers()
         decoder = self.config.compressor_type != "encoder"
+        tokenizer, device = self.compressor_tokenizer, next(self.compressor.parameters()).device
         if reuse_query_prefix is None:
-            reuse_query_prefix = decoder
+            reuse_query_prefix = decoder and device.type == "cpu"
         elif reuse_query_prefix and not decoder:
             raise ValueError("`reuse_query_prefix` needs a decoder compressor (`n_layers` or `llm`).")
-        tokenizer, device = self.compressor_tokenizer, next(self.compressor.parameters()).device
         parts = compressor_parts(tokenizer, self.config, list(questions), documents)
         limit = max_compressor_length(tokenizer, self.config)
 

@@ -10,6 +10,7 @@ fresh process per setting (resident memory above the loaded model on CPU, `max_m
 Writes `benchmark.json` and `benchmark.png` to `output_dir`.
 """
 
+import functools
 import gc
 import json
 import os
@@ -204,6 +205,10 @@ def _load(model_path, dtype=None, device=None):
 def memory_probe(model_path, system: str, batch_size: int, settings: dict) -> float:
     """Run one setting once in this (fresh) process and return its peak memory in MiB."""
     model = _load(model_path, settings.get("dtype"), settings.get("device"))
+    return _memory_in_process(model, system, batch_size, settings)
+
+
+def _memory_in_process(model, system: str, batch_size: int, settings: dict) -> float:
     device = next(model.parameters()).device
     questions, documents = benchmark_inputs(
         model.tokenizer, batch_size, settings["num_documents"], model.config.doc_max_length, settings["query_tokens"]
@@ -291,7 +296,10 @@ def run_benchmark(
         for batch_size in batch_sizes:
             memory = {}
             for system in ("compressed", "uncompressed"):
-                memory[system] = _memory_in_subprocess(model_path, system, batch_size, probe_settings)
+                if device.type == "cuda":  # the allocator's peak is exact and resettable: no fresh process needed
+                    memory[system] = _memory_in_process(model, system, batch_size, probe_settings)
+                else:  # resident memory only grows: one fresh process per setting
+                    memory[system] = _memory_in_subprocess(model_path, system, batch_size, probe_settings)
             memory["ratio"] = memory["compressed"] / memory["uncompressed"] if memory["uncompressed"] else None
             results[str(batch_size)]["peak_memory_mib"] = memory
 
@@ -391,3 +399,121 @@ def plot_benchmark(summary: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _user_compressed(model, questions, documents, tokens):
+    return model.generate_from_text(questions, documents, max_new_tokens=tokens, min_new_tokens=tokens)
+
+
+def _user_uncompressed(plain, tokenizer, config, questions, documents, tokens):
+    from ..modeling_scaledown import build_generator_inputs, raw_document_segments
+
+    segments = raw_document_segments(tokenizer, config, documents)
+    inputs = build_generator_inputs(tokenizer, config, questions, segments, padding_side="left")
+    device = next(plain.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return plain.generate(
+        **{k: v.to(device) for k, v in inputs.items()},
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )
+
+
+def run_user_benchmark(
+    model_path,
+    generator=None,
+    batch_sizes=(1, 16),
+    dtypes=("float32", "bfloat16"),
+    repetitions: int = 3,
+    num_documents: int = 10,
+    query_tokens: int = 128,
+    new_tokens: int = 32,
+    device=None,
+    output_dir=None,
+) -> dict:
+    """The path a user takes, no private switches on either side: `ScaleDownForCausalLM.from_pretrained(folder,
+    dtype=...)` + `generate_from_text`, against `AutoModelForCausalLM.from_pretrained(generator, dtype=...)` +
+    `generate` on the raw documents in the same chat prompt. Per dtype and batch size: medians of interleaved
+    repetitions of a `new_tokens`-token answer and of the time to first token (one new token), and peak memory
+    (CUDA: allocator peak above the loaded models, measured in this process).
+
+    Args:
+        model_path: a saved ScaleDown folder (or hub id).
+        generator: the base generator to compare with (default: the folder's `generator_name_or_path`).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ..modeling_scaledown import ScaleDownForCausalLM
+
+    results = {}
+    for dtype in dtypes:
+        model = ScaleDownForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        plain = AutoModelForCausalLM.from_pretrained(
+            generator or model.config.generator_name_or_path, dtype=getattr(torch, dtype)
+        )
+        if device:
+            model.to(device)
+            plain.to(device)
+        model.eval()
+        plain.eval()
+        where = next(model.parameters()).device
+        tokenizer, config = model.tokenizer, model.config
+        systems = {
+            "compressed": functools.partial(_user_compressed, model),
+            "uncompressed": functools.partial(_user_uncompressed, plain, tokenizer, config),
+        }
+        per_batch = {}
+        for batch_size in batch_sizes:
+            questions, documents = benchmark_inputs(tokenizer, batch_size, num_documents, config.doc_max_length,
+                                                    query_tokens)  # fmt: skip
+            for run in systems.values():  # warm-up
+                run(questions[:1], documents[:1], 2)
+            times = {f"{s}_{kind}": [] for s in systems for kind in ("seconds", "first_token_seconds")}
+            for _ in range(repetitions):  # interleaved
+                for name, run in systems.items():
+                    for kind, tokens in (("seconds", new_tokens), ("first_token_seconds", 1)):
+                        _synchronize(where)
+                        began = time.perf_counter()
+                        run(questions, documents, tokens)
+                        _synchronize(where)
+                        times[f"{name}_{kind}"].append(time.perf_counter() - began)
+            entry = {k: round(statistics.median(v), 4) for k, v in times.items()}
+            entry["speedup"] = round(entry["uncompressed_seconds"] / entry["compressed_seconds"], 3)
+            entry["first_token_speedup"] = round(
+                entry["uncompressed_first_token_seconds"] / entry["compressed_first_token_seconds"], 3
+            )
+            entry["flops_ratio_analytic"] = round(analytic_flops(model, questions, documents, new_tokens)["ratio"], 3)
+            if where.type == "cuda":
+                memory = {}
+                for name, run in systems.items():
+                    with PeakMemory(where) as peak:
+                        run(questions, documents, new_tokens)
+                    memory[name] = round(peak.peak_mib, 1)
+                memory["ratio"] = round(memory["compressed"] / memory["uncompressed"], 3)
+                entry["peak_memory_mib"] = memory
+            per_batch[str(batch_size)] = entry
+            logger.info(f"user path {dtype} batch {batch_size}: {entry}")
+        results[dtype] = per_batch
+        del model, plain
+        gc.collect()
+        if where.type == "cuda":
+            torch.cuda.empty_cache()
+    result = {
+        "settings": {
+            "path": "user",
+            "num_documents": num_documents,
+            "query_tokens": query_tokens,
+            "new_tokens": new_tokens,
+            "repetitions": repetitions,
+            "device": str(device or "cpu"),
+            "threads": torch.get_num_threads(),
+        },
+        "per_dtype": results,
+    }
+    if output_dir:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark-user.json").write_text(json.dumps(result, indent=2))
+    return result
