@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Build the git-ignored folder .gpu/ that benchmarks/gpu_quality_run.sh reads on a GPU machine with no network (see
-# there): Python 3.12 wheels it lacks, SmolLM2's GGUF file in parts that fit the device tool's 64 MiB per call, the
+# Build the git-ignored folder .gpu/ that benchmarks/gpu_env.sh reads on a GPU machine with no network (see there): Python 3.12 wheels it lacks, SmolLM2's GGUF file in parts that fit the device tool's 64 MiB per call, the
 # SQuAD files and SmolLM2's tokenizer. Run it from the checkout, with the project's venv built (`make install`).
 #   call 1 carries .gpu/whl .gpu/a .gpu/tok (and may run the dry run); call 2 carries .gpu/b and runs the real thing.
 set -euo pipefail

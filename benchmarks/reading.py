@@ -59,6 +59,14 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup-ratio", type=float, default=0.0)
     parser.add_argument("--kl-weight", type=float, default=0.0)
     parser.add_argument("--hidden-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--autoencoding-steps",
+        type=int,
+        default=0,
+        help="Warm-up steps of compressor pretraining (auto-encoding / continuation of the training rows' documents, "
+        "scaledown.training.pretraining) before the question-answering steps; they count in the recorded steps.",
+    )
+    parser.add_argument("--autoencoding-ratio", type=float, default=0.5, help="Share of auto-encoding rows.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="Save the trained model here.")
     parser.add_argument("--record", default="docs/results/reading.json")
@@ -76,6 +84,39 @@ def record_run(path: Path, run: dict) -> None:
     record["runs"] = [r for r in record["runs"] if r["name"] != run["name"]] + [run]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def warm_up(model, options, train) -> None:
+    """Compressor pretraining on the documents of the training rows (as `scaledown pretrain` does), same learning
+    rates, constant schedule."""
+    from datasets import Dataset
+
+    from scaledown.training.pretraining import PretrainingCollator, make_pretraining_rows
+
+    needed = options.autoencoding_steps * options.batch_size
+    texts = list(dict.fromkeys(d for docs in train.select(range(min(len(train), needed)))["documents"] for d in docs))
+    tokenizer, length = model.compressor_tokenizer, model.config.doc_max_length
+    rows = make_pretraining_rows(
+        texts, tokenizer, length, autoencoding_ratio=options.autoencoding_ratio, seed=options.seed
+    )
+    rows = rows[:needed]
+    args = ScaleDownTrainingArguments(
+        output_dir=f"outputs/reading/{options.name}-warm-up",
+        max_steps=options.autoencoding_steps,
+        per_device_train_batch_size=options.batch_size,
+        learning_rate_generator=options.learning_rate_generator,
+        learning_rate_compressor=options.learning_rate_compressor,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        seed=options.seed,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    collator = PretrainingCollator.from_model(model)
+    ScaleDownTrainer(model=model, args=args, data_collator=collator, train_dataset=Dataset.from_list(rows)).train()
 
 
 def main(argv=None):
@@ -140,6 +181,10 @@ def main(argv=None):
                 self.evaluating += time.perf_counter() - start
 
     measure(0, 0.0)
+    if options.autoencoding_steps > 0:
+        warm_up(model, options, train)
+        options.start_step += options.autoencoding_steps
+        measure(0, 0.0)
     if options.steps > 0:
         teacher = options.kl_weight > 0 or options.hidden_weight > 0
         args = ScaleDownTrainingArguments(

@@ -96,8 +96,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from .evaluation.benchmark import run_benchmark
+    from .evaluation.benchmark import resolve_dtype, run_benchmark, run_user_benchmark
 
+    if args.path == "user":
+        result = run_user_benchmark(
+            args.model,
+            generator=args.generator,
+            batch_sizes=args.batch_sizes,
+            dtypes=[resolve_dtype(d, args.device) for d in args.dtypes],
+            repetitions=args.repetitions,
+            num_documents=args.num_documents,
+            query_tokens=args.query_tokens,
+            new_tokens=args.new_tokens,
+            device=args.device,
+            output_dir=args.output_dir,
+        )
+        summary = {
+            dtype: {b: {k: v for k, v in e.items() if k != "all_runs"} for b, e in per_batch.items()}
+            for dtype, per_batch in result["per_dtype"].items()
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
     result = run_benchmark(
         args.model,
         batch_sizes=args.batch_sizes,
@@ -205,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="OSCAR speed protocol: compressed vs uncompressed generation.")
     bench.add_argument("--model", required=True, help="ScaleDown model folder or hub id.")
+    bench.add_argument(
+        "--path",
+        choices=["user", "tuned"],
+        default="user",
+        help="user: the folder loaded as documented + generate_from_text, against AutoModelForCausalLM + generate on "
+        "the raw documents, per --dtypes, with time to first token; tuned: OSCAR's protocol on one --dtype with "
+        "explicitly merged adapters and compressor/generator split.",
+    )
+    bench.add_argument("--generator", default=None, help="Base generator (default: the folder's generator).")
+    bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="Dtypes of the user path.")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="Batch sizes to time.")
     bench.add_argument("--repetitions", type=int, default=3, help="Interleaved repetitions (medians reported).")
     bench.add_argument("--num-documents", type=int, default=10, help="Documents per query (128 tokens each).")
@@ -212,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=32, help="Generated tokens.")
     bench.add_argument("--output-dir", default="outputs/benchmark", help="JSON + PNG go here.")
     bench.add_argument("--dtype", default="auto",
-                       help="auto (bfloat16 where the device computes in it natively, else float32), or a dtype "
-                            "name such as float32 or bfloat16.")  # fmt: skip
+                       help="Tuned path: auto (bfloat16 where the device computes in it natively, else float32), or a "
+                            "dtype name such as float32 or bfloat16.")  # fmt: skip
     bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
     bench.set_defaults(func=_benchmark)
 

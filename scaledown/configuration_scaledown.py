@@ -87,6 +87,12 @@ class ScaleDownConfig(PretrainedConfig):
         lora_dropout (`float`, *optional*, defaults to 0.1), lora_target_modules (`str` or `list[str]`, *optional*,
         defaults to `"all-linear"`):
             LoRA settings of the generator.
+        merge_adapters_for_inference (`bool`, *optional*, defaults to `True`):
+            Generating in eval mode (after `from_pretrained`, or `model.eval()`) first folds the LoRA adapters into
+            the generator's weights, so that generation runs at the base model's speed; `model.train()`,
+            `state_dict()` (hence `save_pretrained`) and `load_state_dict()` take them out again, so checkpoints always
+            hold the base weights and the adapters. Folding and unfolding round each touched weight once (at most one
+            unit in the last place per cycle), as peft's `merge`/`unmerge` do.
         enable_reranking (`bool`, *optional*, defaults to `False`):
             Add a `<RR>` token to every compressor input and a dense head on its hidden state that scores relevance.
         reranking_loss_weight (`float`, *optional*, defaults to 0.05):
@@ -144,6 +150,7 @@ class ScaleDownConfig(PretrainedConfig):
         lora_alpha: int = 32,
         lora_dropout: float = 0.1,
         lora_target_modules: str | list[str] = "all-linear",
+        merge_adapters_for_inference: bool = True,
         enable_reranking: bool = False,
         reranking_loss_weight: float = 0.05,
         learning_rate_generator: float = 1e-4,
@@ -244,6 +251,7 @@ class ScaleDownConfig(PretrainedConfig):
         self.lora_target_modules = (
             list(lora_target_modules) if isinstance(lora_target_modules, tuple) else (lora_target_modules)
         )
+        self.merge_adapters_for_inference = merge_adapters_for_inference
         self.enable_reranking = enable_reranking
         self.reranking_loss_weight = reranking_loss_weight
         self.learning_rate_generator = learning_rate_generator

@@ -667,11 +667,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                                                  "token") if k in kwargs}  # fmt: skip
         if kwargs.get("safe_serialization") is False:
             raise ValueError("ScaleDown checkpoints are saved as safetensors only; drop `safe_serialization=False`.")
-        if self.adapters_merged:
-            raise ValueError(
-                "The LoRA adapters are merged into the generator (`merge_adapters`): call `unmerge_adapters()` before "
-                "saving, or the adapters would be counted twice when the checkpoint is loaded."
-            )
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.update(
             {
@@ -1141,6 +1136,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         if input_ids is None:
             raise ValueError("`generate` needs the generator prompts as `input_ids`.")
+        self._merge_for_inference()
         if compressor_input_ids is not None:
             if memory_embeddings is not None:
                 raise ValueError("Give either `compressor_input_ids` or `memory_embeddings`, not both.")
@@ -1198,6 +1194,29 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             **generate_kwargs,
         )
         return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+
+    def train(self, mode: bool = True) -> "ScaleDownForCausalLM":
+        """`nn.Module.train`; training mode takes folded LoRA adapters back out of the generator's weights."""
+        super().train(mode)
+        if mode:
+            self.unmerge_adapters()
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """The weights with the LoRA adapters unmerged (base weights + adapters, as checkpoints store them)."""
+        self.unmerge_adapters()
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """Load unmerged weights (as [`state_dict`] gives them): folded adapters are taken out first."""
+        self.unmerge_adapters()
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+    def _merge_for_inference(self) -> None:
+        """Fold the LoRA adapters into the generator before generating in eval mode (see
+        `config.merge_adapters_for_inference`)."""
+        if not self.training and self.config.merge_adapters_for_inference and not self._adapters_disabled:
+            self.merge_adapters()
 
     def _lora_layers(self) -> list[nn.Module]:
         return [m for m in self.generator.modules() if hasattr(m, "enable_adapters") and hasattr(m, "lora_A")]

@@ -2,7 +2,7 @@ import json
 import math
 
 import pytest
-from tiny_models import make_scaledown
+from tiny_models import make_generator, make_scaledown
 
 from scaledown.evaluation import load_metric
 from scaledown.evaluation.benchmark import analytic_flops, decoder_flops, resolve_dtype, run_benchmark
@@ -125,3 +125,26 @@ def test_benchmark_dtype_resolution(monkeypatch):
         resolve_dtype("float33", None)
     with pytest.raises(ValueError, match="Unknown dtype 'Tensor'"):
         resolve_dtype("Tensor", None)
+
+
+def test_user_path_benchmark_cli_writes_ratios_first_token_and_memory(tmp_path, capsys):
+    from scaledown.cli import main
+
+    generator, tokenizer = make_generator("llama")
+    generator.save_pretrained(tmp_path / "generator")
+    tokenizer.save_pretrained(tmp_path / "generator")
+    model = make_scaledown("llama", doc_max_length=128, num_memory_tokens=8, query_max_length=64)
+    model.save_pretrained(tmp_path / "model")
+    argv = ["benchmark", "--model", str(tmp_path / "model"), "--generator", str(tmp_path / "generator"),
+            "--batch-sizes", "1", "3", "--repetitions", "1", "--new-tokens", "4", "--dtypes", "float32",
+            "--num-documents", "3", "--query-tokens", "16", "--output-dir", str(tmp_path / "bench")]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((tmp_path / "bench" / "benchmark-user.json").read_text())
+    assert result["settings"]["path"] == "user"
+    assert set(printed["float32"]) == set(result["per_dtype"]["float32"]) == {"1", "3"}
+    for entry in result["per_dtype"]["float32"].values():
+        assert entry["speedup"] > 0 and entry["first_token_speedup"] > 0 and entry["flops_ratio_analytic"] > 1
+        assert entry["compressed_first_token_seconds"] < entry["compressed_seconds"]  # 1 token vs 4
+        assert entry["peak_memory_mib"]["uncompressed"] > 0 and entry["peak_memory_mib"]["compressed"] > 0
+    assert (tmp_path / "bench" / "benchmark-user.png").is_file()

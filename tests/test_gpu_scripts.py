@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["gpu_quality_run.sh", "gpu_assets.sh"])
+@pytest.mark.parametrize("script", ["gpu_quality_run.sh", "gpu_assets.sh", "gpu_check.sh", "gpu_env.sh"])
 def test_gpu_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -42,6 +42,8 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
         "4",
         "--speed-batch-sizes",
         "1",
+        "--budget-seconds",
+        "3000",  # a loaded CI machine must not skip the last stage
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -58,3 +60,17 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
     per_batch = stages["speed"]["user_path"]["per_dtype"]["float32"]["1"]
     assert per_batch["compressed_seconds"] > 0 and per_batch["uncompressed_seconds"] > 0
     assert (output / "speed" / "benchmark-user.json").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_the_user_path_benchmark(tmp_path, smollm2_folder):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    output = tmp_path / "check"
+    command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(output), "--dry-run"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((output / "benchmark-user.json").read_text())
+    entry = report["per_dtype"]["float32"]["1"]
+    assert entry["speedup"] > 0 and entry["first_token_speedup"] > 0
+    assert report["settings"]["attention"] == "sdpa"
+    assert (output / "benchmark-user.png").is_file()

@@ -606,22 +606,34 @@ def test_uncompressed_baseline_is_the_base_generator(rag_batch):
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # adapters back on and trainable
 
 
-def test_merged_adapters_give_the_same_answers_and_refuse_to_save(tmp_path, rag_batch):
-    model = make_scaledown("llama")
+def _randomize_lora(model):
+    """Non-zero adapters (eval mode, unmerged)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.3)
+    return model.eval()
+
+
+def _memory_logits(model, rag_batch):
     questions, documents = rag_batch
     compressed = model.compress_documents(questions, documents)
     mem = [model.config.memory_token_id] * model.config.num_memory_tokens
     inputs = build_generator_inputs(model.tokenizer, model.config, questions, [[mem] * len(d) for d in documents])
     with torch.no_grad():
-        before = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+        return model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+
+
+def test_merged_adapters_give_the_same_answers_and_save_unmerged(tmp_path, rag_batch):
+    model = _randomize_lora(make_scaledown("llama"))
+    questions, documents = rag_batch
+    assert not model.adapters_merged
+    with torch.no_grad():
+        before = _memory_logits(model, rag_batch)
         uncompressed = model.generate_uncompressed(questions, documents, max_new_tokens=4)
         model.merge_adapters()
         assert model.adapters_merged
-        merged = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+        merged = _memory_logits(model, rag_batch)
         assert (before - merged).abs().max() <= 1e-4
         assert model.generate_uncompressed(questions, documents, max_new_tokens=4) == uncompressed
         assert model.adapters_merged  # restored after the baseline ran without adapters
@@ -629,14 +641,79 @@ def test_merged_adapters_give_the_same_answers_and_refuse_to_save(tmp_path, rag_
             assert not model.adapters_merged
             assert model.generate_uncompressed(questions, documents, max_new_tokens=4) == uncompressed
             assert not model.adapters_merged
-            base = model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits
+            base = _memory_logits(model, rag_batch)
             assert (before - base).abs().max() > 1e-3  # adapters really off
         assert model.adapters_merged
-        with pytest.raises(ValueError, match="unmerge_adapters"):
-            model.save_pretrained(tmp_path)
-        model.unmerge_adapters()
-        assert not model.adapters_merged
-        assert (before - model(**inputs, memory_embeddings=torch.cat(list(compressed))).logits).abs().max() <= 1e-4
+        model.save_pretrained(tmp_path / "saved")  # the checkpoint holds base weights + adapters
+        assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-4
+    reloaded = ScaleDownForCausalLM.from_pretrained(tmp_path / "saved")
+    assert (before - _memory_logits(reloaded, rag_batch)).abs().max() <= 1e-4  # adapters counted once
+
+
+def test_generating_in_eval_mode_merges_the_adapters_and_train_mode_unmerges_them(rag_batch):
+    model = _randomize_lora(make_scaledown("llama"))
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    before = _memory_logits(model, rag_batch)
+    answers = model.generate_from_text(*rag_batch, max_new_tokens=4)
+    assert model.adapters_merged  # the first generation folded them in
+    assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-4
+    assert model.generate_from_text(*rag_batch, max_new_tokens=4) == answers
+    changed = [n for n, p in model.named_parameters() if n in weights and not torch.equal(p, weights[n])]
+    assert changed  # the adapters really were folded into the base weights
+    model.train()
+    assert not model.adapters_merged and model.training
+    for name, param in model.named_parameters():
+        if name in weights:  # back to the base weights, up to one rounding per element
+            torch.testing.assert_close(param.detach(), weights[name], rtol=1e-6, atol=1e-7)
+    model.eval()
+    model.config.merge_adapters_for_inference = False
+    assert model.generate_from_text(*rag_batch, max_new_tokens=4) == answers
+    assert not model.adapters_merged
+
+
+def test_a_loaded_folder_generates_merged_and_answers_like_the_saved_model(tmp_path, rag_batch):
+    model = _randomize_lora(make_scaledown("llama"))
+    before = _memory_logits(model, rag_batch)
+    answers = model.generate_from_text(*rag_batch, max_new_tokens=4)
+    model.save_pretrained(tmp_path / "trained")
+    loaded = ScaleDownForCausalLM.from_pretrained(tmp_path / "trained")
+    assert not loaded.training
+    assert loaded.generate_from_text(*rag_batch, max_new_tokens=4) == answers
+    assert loaded.adapters_merged  # no extra call needed for the fast path
+    assert (before - _memory_logits(loaded, rag_batch)).abs().max() <= 1e-4
+
+
+def test_state_dicts_are_unmerged_whatever_the_mode(rag_batch):
+    model = _randomize_lora(make_scaledown("llama"))
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _memory_logits(model, rag_batch)
+    model.generate_from_text(*rag_batch, max_new_tokens=2)  # merged now
+    state = model.state_dict()
+    assert not model.adapters_merged
+    for key, value in reference.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-7)
+    model.generate_from_text(*rag_batch, max_new_tokens=2)
+    model.load_state_dict(reference)  # loads base weights + adapters into a merged model: unmerged first
+    assert not model.adapters_merged
+    assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-5
+
+
+def test_a_saved_folder_does_not_depend_on_generating_before_saving(tmp_path, rag_batch):
+    from safetensors.torch import load_file
+
+    model = _randomize_lora(make_scaledown("llama"))
+    model.save_pretrained(tmp_path / "before")
+    model.generate_from_text(*rag_batch, max_new_tokens=3)
+    assert model.adapters_merged
+    model.save_pretrained(tmp_path / "after")
+    first = load_file(tmp_path / "before" / "model.safetensors")
+    second = load_file(tmp_path / "after" / "model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        if "lora_" in key or "base_layer" not in key:
+            assert torch.equal(first[key], second[key]), key
+        else:  # a base weight folded and unfolded once: one rounding per element at most
+            torch.testing.assert_close(second[key], first[key], rtol=1e-6, atol=1e-7)
 
 
 def test_compressor_given_as_a_folder_names_itself_and_its_tokenizer(tmp_path):

@@ -87,9 +87,10 @@ def test_pretraining_lowers_both_task_losses_with_the_shared_trainer(tmp_path, e
     after = evaluate_pretraining(model, held_out, max_new_tokens=8)
     assert after["continuation_perplexity"] < before["continuation_perplexity"]
     assert 0.0 <= after["autoencoding_rouge_l"] <= 1.0 and after["continuation_tokens"] > 0
+    model.unmerge_adapters()  # generating in eval mode folded the adapters in
     for name, param in model.generator.named_parameters():
-        if name in frozen:
-            assert torch.equal(param, frozen[name]), name
+        if name in frozen:  # untrained: equal up to the rounding of one fold and unfold
+            torch.testing.assert_close(param.detach(), frozen[name], rtol=1e-6, atol=1e-6, msg=name)
 
 
 def test_read_texts_from_files_squad_and_datasets(tmp_path):

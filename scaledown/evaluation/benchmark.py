@@ -421,6 +421,60 @@ def _user_uncompressed(plain, tokenizer, config, questions, documents, tokens):
     )
 
 
+def _load_user_path(model_path, generator, dtype: str, device, systems=("compressed", "uncompressed")):
+    """What a user loads: the ScaleDown folder, and the plain generator next to it, each as documented."""
+    from transformers import AutoModelForCausalLM
+
+    from ..modeling_scaledown import ScaleDownForCausalLM
+
+    model = ScaleDownForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    plain = None
+    if "uncompressed" in systems:
+        name = generator or model.config.generator_name_or_path
+        plain = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype)).eval()
+    if device:
+        model.to(device)
+        if plain is not None:
+            plain.to(device)
+    runs = {"compressed": functools.partial(_user_compressed, model)}
+    if plain is not None:
+        runs["uncompressed"] = functools.partial(_user_uncompressed, plain, model.tokenizer, model.config)
+    if "compressed" not in systems:  # the probe of the baseline keeps only the tokenizer side of the ScaleDown model
+        del runs["compressed"]
+    return model, runs
+
+
+def user_memory_probe(model_path, generator, system: str, batch_size: int, settings: dict) -> float:
+    """Peak memory (MiB above the loaded models) of one user-path setting, run once in this (fresh) process."""
+    model, runs = _load_user_path(model_path, generator, settings["dtype"], settings.get("device"), systems=(system,))
+    questions, documents = benchmark_inputs(
+        model.tokenizer, batch_size, settings["num_documents"], model.config.doc_max_length, settings["query_tokens"]
+    )
+    device = next(model.parameters()).device
+    with PeakMemory(device) as peak:
+        runs[system](questions, documents, settings["new_tokens"])
+    return peak.peak_mib
+
+
+def _user_memory_in_subprocess(model_path, generator, system: str, batch_size: int, settings: dict) -> float | None:
+    code = (
+        "import json, sys; from scaledown.evaluation.benchmark import user_memory_probe; "
+        "print(json.dumps(user_memory_probe(sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), "
+        "json.loads(sys.argv[5]))))"
+    )
+    arguments = [str(model_path), generator or "", system, str(batch_size), json.dumps(settings)]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    if result.returncode != 0:
+        logger.warning(f"Memory probe failed for {system} batch {batch_size}: {result.stderr[-1000:]}")
+        return None
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def run_user_benchmark(
     model_path,
     generator=None,
@@ -432,88 +486,116 @@ def run_user_benchmark(
     new_tokens: int = 32,
     device=None,
     output_dir=None,
+    measure_memory: bool = True,
 ) -> dict:
     """The path a user takes, no private switches on either side: `ScaleDownForCausalLM.from_pretrained(folder,
     dtype=...)` + `generate_from_text`, against `AutoModelForCausalLM.from_pretrained(generator, dtype=...)` +
-    `generate` on the raw documents in the same chat prompt. Per dtype and batch size: medians of interleaved
-    repetitions of a `new_tokens`-token answer and of the time to first token (one new token), and peak memory
-    (CUDA: allocator peak above the loaded models, measured in this process).
+    `generate` on the raw documents in the same chat prompt (same process, interleaved).
+
+    Per dtype and batch size: medians of `repetitions` interleaved runs of an answer of exactly `new_tokens` tokens
+    and of the time to first token (prefill + one token), the analytic FLOPs ratio (the limit the speed-up would reach
+    if time followed FLOPs), and peak memory (a fresh process per setting on CPU; the allocator's peak on CUDA).
 
     Args:
         model_path: a saved ScaleDown folder (or hub id).
         generator: the base generator to compare with (default: the folder's `generator_name_or_path`).
     """
-    from transformers import AutoModelForCausalLM
-
-    from ..modeling_scaledown import ScaleDownForCausalLM
-
+    settings = {
+        "path": "user",
+        "num_documents": num_documents,
+        "query_tokens": query_tokens,
+        "new_tokens": new_tokens,
+        "repetitions": repetitions,
+        "device": str(device or "cpu"),
+        "threads": torch.get_num_threads(),
+    }
     results = {}
     for dtype in dtypes:
-        model = ScaleDownForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        plain = AutoModelForCausalLM.from_pretrained(
-            generator or model.config.generator_name_or_path, dtype=getattr(torch, dtype)
-        )
-        if device:
-            model.to(device)
-            plain.to(device)
-        model.eval()
-        plain.eval()
+        model, runs = _load_user_path(model_path, generator, dtype, device)
         where = next(model.parameters()).device
-        tokenizer, config = model.tokenizer, model.config
-        systems = {
-            "compressed": functools.partial(_user_compressed, model),
-            "uncompressed": functools.partial(_user_uncompressed, plain, tokenizer, config),
-        }
+        settings["compressor"] = model.config.compressor_type
+        settings["doc_tokens"] = model.config.doc_max_length
+        settings["attention"] = getattr(model.generator.config, "_attn_implementation", None)
         per_batch = {}
         for batch_size in batch_sizes:
-            questions, documents = benchmark_inputs(tokenizer, batch_size, num_documents, config.doc_max_length,
-                                                    query_tokens)  # fmt: skip
-            for run in systems.values():  # warm-up
+            questions, documents = benchmark_inputs(
+                model.tokenizer, batch_size, num_documents, model.config.doc_max_length, query_tokens
+            )
+            for run in runs.values():  # warm-up
                 run(questions[:1], documents[:1], 2)
-            times = {f"{s}_{kind}": [] for s in systems for kind in ("seconds", "first_token_seconds")}
+            times = {f"{s}_{kind}": [] for s in runs for kind in ("seconds", "first_token_seconds")}
+            progress = logging.tqdm(total=4 * repetitions, desc=f"user path {dtype} batch {batch_size}", unit="run")
             for _ in range(repetitions):  # interleaved
-                for name, run in systems.items():
+                for name, run in runs.items():
                     for kind, tokens in (("seconds", new_tokens), ("first_token_seconds", 1)):
                         _synchronize(where)
                         began = time.perf_counter()
                         run(questions, documents, tokens)
                         _synchronize(where)
                         times[f"{name}_{kind}"].append(time.perf_counter() - began)
+                        progress.update(1)
+            progress.close()
             entry = {k: round(statistics.median(v), 4) for k, v in times.items()}
             entry["speedup"] = round(entry["uncompressed_seconds"] / entry["compressed_seconds"], 3)
             entry["first_token_speedup"] = round(
                 entry["uncompressed_first_token_seconds"] / entry["compressed_first_token_seconds"], 3
             )
             entry["flops_ratio_analytic"] = round(analytic_flops(model, questions, documents, new_tokens)["ratio"], 3)
-            if where.type == "cuda":
-                memory = {}
-                for name, run in systems.items():
-                    with PeakMemory(where) as peak:
-                        run(questions, documents, new_tokens)
-                    memory[name] = round(peak.peak_mib, 1)
-                memory["ratio"] = round(memory["compressed"] / memory["uncompressed"], 3)
-                entry["peak_memory_mib"] = memory
+            entry["all_runs"] = {k: [round(t, 4) for t in v] for k, v in times.items()}
             per_batch[str(batch_size)] = entry
-            logger.info(f"user path {dtype} batch {batch_size}: {entry}")
-        results[dtype] = per_batch
-        del model, plain
+        del model, runs
         gc.collect()
         if where.type == "cuda":
             torch.cuda.empty_cache()
-    result = {
-        "settings": {
-            "path": "user",
-            "num_documents": num_documents,
-            "query_tokens": query_tokens,
-            "new_tokens": new_tokens,
-            "repetitions": repetitions,
-            "device": str(device or "cpu"),
-            "threads": torch.get_num_threads(),
-        },
-        "per_dtype": results,
-    }
+        if measure_memory:
+            probe = {**settings, "dtype": dtype, "device": str(device) if device else None}
+            for batch_size in batch_sizes:
+                memory = {}
+                for system in ("compressed", "uncompressed"):
+                    if where.type == "cuda":
+                        memory[system] = user_memory_probe(model_path, generator, system, batch_size, probe)
+                    else:
+                        memory[system] = _user_memory_in_subprocess(model_path, generator, system, batch_size, probe)
+                if memory["compressed"] is not None and memory["uncompressed"]:
+                    memory["ratio"] = memory["compressed"] / memory["uncompressed"]
+                per_batch[str(batch_size)]["peak_memory_mib"] = {
+                    k: round(v, 3 if k == "ratio" else 1) for k, v in memory.items() if v is not None
+                }
+        results[dtype] = per_batch
+        logger.info(f"user path {dtype}: {json.dumps({b: e['speedup'] for b, e in per_batch.items()})}")
+    result = {"settings": settings, "per_dtype": results}
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark-user.json").write_text(json.dumps(result, indent=2))
+        plot_user_benchmark(result, out / "benchmark-user.png")
     return result
+
+
+def plot_user_benchmark(result: dict, path) -> None:
+    """Speed-up of a full answer and of the first token, with the analytic FLOPs limit, per dtype and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_dtype = result["per_dtype"]
+    fig, axes = plt.subplots(1, len(per_dtype), figsize=(5.5 * len(per_dtype), 4), squeeze=False)
+    for axis, (dtype, per_batch) in zip(axes[0], per_dtype.items()):
+        sizes = list(per_batch)
+        x = range(len(sizes))
+        axis.bar([i - 0.2 for i in x], [per_batch[b]["speedup"] for b in sizes], 0.4, label="answer")
+        axis.bar([i + 0.2 for i in x], [per_batch[b]["first_token_speedup"] for b in sizes], 0.4, label="first token")
+        axis.plot(list(x), [per_batch[b]["flops_ratio_analytic"] for b in sizes], "ko--", label="FLOPs (analytic)")
+        axis.axhline(1.0, color="grey", lw=0.8)
+        axis.set_xticks(list(x), [f"batch {b}" for b in sizes])
+        axis.set_title(f"{dtype}: uncompressed / ScaleDown time")
+        axis.legend(fontsize=8)
+    settings = result["settings"]
+    fig.suptitle(
+        f"User path on {settings['device']}: {settings['num_documents']} docs x {settings['doc_tokens']} tokens, "
+        f"{settings['query_tokens']}-token query, {settings['new_tokens']} new tokens"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
