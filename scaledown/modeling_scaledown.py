@@ -10,6 +10,8 @@ import copy
 import inspect
 import os
 import tempfile
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,21 @@ except ImportError:  # transformers 4.x
 
 
 logger = logging.get_logger(__name__)
+
+# One re-entrant lock per model for the generator's shared state (adapters folded in, taken out or switched off; the
+# memory-injection hook): generation, the forward pass and the uncompressed baseline hold it while they use that
+# state. Kept outside the module, so that models stay deep-copyable and picklable.
+_ADAPTER_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_ADAPTER_LOCKS_GUARD = threading.Lock()
+
+
+def _adapter_lock(model: nn.Module) -> threading.RLock:
+    with _ADAPTER_LOCKS_GUARD:
+        lock = _ADAPTER_LOCKS.get(model)
+        if lock is None:
+            lock = _ADAPTER_LOCKS[model] = threading.RLock()
+        return lock
+
 
 _BACKGROUND_MARKER = "@@SCALEDOWN_BACKGROUND@@"
 _QUESTION_MARKER = "@@SCALEDOWN_QUESTION@@"
@@ -1094,7 +1111,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         injection = (
             self._memory_injection(input_ids, memory_embeddings) if input_ids is not None else contextlib.nullcontext()
         )
-        with injection:
+        with _adapter_lock(self), injection:
             outputs = self.generator(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -1136,6 +1153,21 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         if input_ids is None:
             raise ValueError("`generate` needs the generator prompts as `input_ids`.")
+        with _adapter_lock(self):  # the adapter state must not change under a running generation
+            return self._generate(
+                input_ids, attention_mask, compressor_input_ids, compressor_attention_mask, memory_embeddings,
+                **generate_kwargs,
+            )  # fmt: skip
+
+    def _generate(
+        self,
+        input_ids,
+        attention_mask,
+        compressor_input_ids,
+        compressor_attention_mask,
+        memory_embeddings,
+        **generate_kwargs,
+    ):
         self._merge_for_inference()
         if compressor_input_ids is not None:
             if memory_embeddings is not None:
@@ -1185,6 +1217,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 raise ValueError(f"compressed[{i}] must be a tensor (n_docs, {expected[0]}, {width}), got {shape}.")
         segments = memory_segments(self.config, [memory.shape[0] for memory in compressed])
         inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
+        self._check_context(inputs["attention_mask"], [m.shape[0] for m in compressed], generate_kwargs)
         device = self.get_input_embeddings().weight.device
         memory = torch.cat([m.to(device) for m in compressed]) if compressed else None
         output_ids = self.generate(
@@ -1195,11 +1228,28 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         )
         return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
 
+    def _check_context(self, attention_mask: torch.Tensor, documents_per_row: list[int], generate_kwargs: dict):
+        """Refuse prompts that do not fit the generator's positions (with the tokens to generate): the model would
+        otherwise answer from a silently overflowing context."""
+        limit = getattr(self.generator.config.get_text_config(), "max_position_embeddings", None)
+        if not limit:
+            return
+        new_tokens = generate_kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 0
+        lengths = attention_mask.sum(1).tolist()
+        for row, (length, count) in enumerate(zip(lengths, documents_per_row)):
+            if length + new_tokens > limit:
+                raise ValueError(
+                    f"Question {row}: its prompt holds {length} tokens ({count} documents) and {new_tokens} more are "
+                    f"to be generated, but the generator reads at most {limit} positions. Pass fewer documents (e.g. "
+                    "the top-ranked ones that fit), a shorter question or a smaller `max_new_tokens`."
+                )
+
     def train(self, mode: bool = True) -> "ScaleDownForCausalLM":
         """`nn.Module.train`; training mode takes folded LoRA adapters back out of the generator's weights."""
-        super().train(mode)
-        if mode:
-            self.unmerge_adapters()
+        with _adapter_lock(self):
+            super().train(mode)
+            if mode:
+                self.unmerge_adapters()
         return self
 
     def state_dict(self, *args, **kwargs):
@@ -1229,25 +1279,34 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     def merge_adapters(self) -> "ScaleDownForCausalLM":
         """Fold the LoRA adapters into the generator's weights for inference: same outputs up to float rounding,
         faster decoding (no adapter matmuls). Undo with `unmerge_adapters` before training or saving."""
-        for layer in self._lora_layers():
-            if not layer.merged:
-                layer.merge()
+        with _adapter_lock(self):
+            for layer in self._lora_layers():
+                if not layer.merged:
+                    layer.merge()
         return self
 
     def unmerge_adapters(self) -> "ScaleDownForCausalLM":
         """Take merged LoRA adapters back out of the generator's weights (exact up to float rounding)."""
-        for layer in self._lora_layers():
-            if layer.merged:
-                layer.unmerge()
+        with _adapter_lock(self):
+            for layer in self._lora_layers():
+                if layer.merged:
+                    layer.unmerge()
         return self
 
     @contextlib.contextmanager
     def generator_adapters_disabled(self):
         """Context in which the generator runs without its LoRA adapters, i.e. as the base generator. Re-entrant: an
-        inner use inside an outer one changes nothing (callers can keep the adapters off across several calls)."""
-        if self._adapters_disabled:
-            yield self.generator
-            return
+        inner use inside an outer one changes nothing (callers can keep the adapters off across several calls). Holds
+        the model's adapter lock: other threads' generation waits until the block ends."""
+        with _adapter_lock(self):
+            if self._adapters_disabled:
+                yield self.generator
+                return
+            with self._adapters_switched_off():
+                yield self.generator
+
+    @contextlib.contextmanager
+    def _adapters_switched_off(self):
         merged = self.adapters_merged
         self.unmerge_adapters()
         layers = self._lora_layers()
@@ -1277,6 +1336,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         self._check_tokenizers()
         segments = raw_document_segments(self.tokenizer, self.config, documents)
         inputs = build_generator_inputs(self.tokenizer, self.config, list(questions), segments)
+        self._check_context(inputs["attention_mask"], [len(d) for d in documents], generate_kwargs)
         device = self.get_input_embeddings().weight.device
         context = contextlib.nullcontext() if use_adapters else self.generator_adapters_disabled()
         with context:

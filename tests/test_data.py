@@ -220,3 +220,20 @@ def test_held_out_questions_do_not_depend_on_the_training_sample_size(tmp_path):
     large = prepare_data([str(SAMPLE)], tokenizer, tmp_path / "b", max_train_questions=9, **kwargs)
     assert len(small["train"]) == 3 and len(large["train"]) == 9
     assert small["test"]["id"] == large["test"]["id"] and len(small["test"]) == 4
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"doc_max_length": 0}, "`doc_max_length` must be a positive"),
+        ({"train_top_k": 0}, "`train_top_k` must be a positive"),
+        ({"eval_top_k": -1}, "`eval_top_k` must be a positive"),
+        ({"held_out_fraction": 1.0}, "`held_out_fraction` must be between 0 and 1"),
+        ({"max_eval_questions": 0}, "`max_eval_questions` must be positive"),
+    ],
+)
+def test_prepare_data_refuses_settings_that_give_empty_data(squad_file, tmp_path, setting, message):
+    """`--doc-max-length 0` used to exit 0 with one-word documents and recall 0 (robustness issue, row 7)."""
+    with pytest.raises(ValueError, match=message):
+        prepare_data([str(squad_file)], make_decoder_tokenizer(), tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()

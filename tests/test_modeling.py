@@ -852,3 +852,53 @@ def test_reserved_tokens_must_be_distinct_and_not_the_tokenizers_own():
         make_scaledown(memory_token="</s>")
     with pytest.raises(ValueError, match="compressor's tokenizer"):
         make_scaledown(compressor_type="encoder", document_separator_token="[SEP]")
+
+
+def test_threads_sharing_a_model_get_the_answers_they_would_get_alone(rag_batch):
+    """The uncompressed baseline switches the adapters off and generation folds them in: concurrent calls must not see
+    each other's adapter state (robustness issue, row 5)."""
+    import threading
+
+    model = _randomize_lora(make_scaledown("llama"))
+    questions, documents = rag_batch
+    expected = {
+        "compressed": model.generate_from_text(questions, documents, max_new_tokens=6),
+        "uncompressed": model.generate_uncompressed(questions, documents, max_new_tokens=6),
+    }
+    assert expected["compressed"] != expected["uncompressed"]  # the adapters change the answers
+    results, errors = {"compressed": [], "uncompressed": []}, []
+
+    def work(kind):
+        try:
+            for _ in range(6):
+                if kind == "compressed":
+                    results[kind].append(model.generate_from_text(questions, documents, max_new_tokens=6))
+                else:
+                    results[kind].append(model.generate_uncompressed(questions, documents, max_new_tokens=6))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(kind,)) for kind in ("compressed", "uncompressed", "compressed")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(answers == expected["compressed"] for answers in results["compressed"])
+    assert all(answers == expected["uncompressed"] for answers in results["uncompressed"])
+    assert len(results["compressed"]) == 12 and len(results["uncompressed"]) == 6
+
+
+def test_prompts_beyond_the_generators_positions_are_refused_with_the_row(rag_batch):
+    """1,000 documents (or a huge question) must not overflow the generator's context silently (robustness, row 6)."""
+    model = make_scaledown("llama")  # the tiny generator reads 1,024 positions
+    questions, documents = rag_batch
+    many = [documents[0], ["A short document about Paris."] * 200, documents[2]]
+    with pytest.raises(ValueError, match=r"Question 1: its prompt holds \d+ tokens \(200 documents\).*at most 1024"):
+        model.generate_from_text(questions, many, max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"Question 1: .*\(200 documents\)"):
+        model.generate_uncompressed(questions, many, max_new_tokens=4)
+    long_question = [questions[0], "Where? " * 2000, questions[2]]
+    with pytest.raises(ValueError, match="Question 1: its prompt holds"):
+        model.generate_from_text(long_question, documents, max_new_tokens=4)
+    assert len(model.generate_from_text(questions, documents, max_new_tokens=4)) == 3  # what fits still runs

@@ -363,6 +363,14 @@ def prepare_data(
     `train` and `test` splits to `output_dir`. Returns the `DatasetDict`."""
     from datasets import Dataset, DatasetDict
 
+    for name, value in (("doc_max_length", doc_max_length), ("train_top_k", train_top_k), ("eval_top_k", eval_top_k)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive number of tokens / documents, got {value!r}.")
+    for name, value in (("max_train_questions", max_train_questions), ("max_eval_questions", max_eval_questions)):
+        if value is not None and value < 1:
+            raise ValueError(f"`{name}` must be positive (or unset for all questions), got {value!r}.")
+    if not 0.0 < held_out_fraction < 1.0:
+        raise ValueError(f"`held_out_fraction` must be between 0 and 1 (exclusive), got {held_out_fraction!r}.")
     records = list(records or [])
     for source in sources:
         records += read_source(source)
