@@ -71,6 +71,7 @@ def _label(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         splits=args.splits,
         with_scores=not args.no_scores,
+        overwrite=args.overwrite,
     )
     print(json.dumps({"output": args.output, "splits": {k: len(v) for k, v in dataset.items()}}, indent=2))
     return 0
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--compression-rate", type=int, default=16, help="Only to build a consistent config.")
     label.add_argument("--system-prompt", default=None, help="System prompt (default: ScaleDown's).")
     label.add_argument("--no-scores", action="store_true", help="Skip the relevance scores.")
+    label.add_argument(
+        "--overwrite", action="store_true", help="Drop the journal of an interrupted run instead of resuming it."
+    )
     label.set_defaults(func=_label)
 
     evaluate = commands.add_parser("evaluate", help="Compressed model vs uncompressed base generator, side by side.")

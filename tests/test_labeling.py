@@ -128,3 +128,45 @@ def test_killed_labelling_resumes_and_labels_every_row_once(tmp_path, teacher):
     assert got["teacher_answer"] == expected["teacher_answer"]
     for a, b in zip(got["teacher_scores"], expected["teacher_scores"]):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_a_resume_with_other_data_or_teacher_is_refused_and_overwrite_starts_over(tmp_path, teacher, monkeypatch):
+    """The journal is keyed by row index: resuming it with another dataset or teacher would mix two runs' labels
+    (robustness issue, row 1)."""
+    model, tokenizer = teacher
+    config = ScaleDownConfig(doc_max_length=32, num_memory_tokens=4)
+    first, second = tmp_path / "first", tmp_path / "second"
+    DatasetDict({"train": Dataset.from_list(dataset_rows(6))}).save_to_disk(str(first))
+    DatasetDict({"train": Dataset.from_list(dataset_rows(7)[1:])}).save_to_disk(str(second))
+    output = tmp_path / "labelled"
+    journal = tmp_path / ".labelled.partial"
+    calls = []
+
+    def crash_after_one_batch(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return teacher_answers(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("scaledown.training.labeling.teacher_answers", crash_after_one_batch)
+        with pytest.raises(KeyboardInterrupt):
+            label_dataset(first, output, model, tokenizer, config, batch_size=2, max_new_tokens=4, with_scores=False)
+    assert (journal / "train.jsonl").read_text().count("\n") == 2
+
+    with pytest.raises(ValueError, match=r"different data.*--overwrite"):
+        label_dataset(second, output, model, tokenizer, config, batch_size=2, max_new_tokens=4, with_scores=False)
+    other_teacher, _ = make_generator("llama", seed=5)
+    with pytest.raises(ValueError, match=r"different teacher"):
+        label_dataset(first, output, other_teacher, tokenizer, config, batch_size=2, max_new_tokens=4,
+                      with_scores=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"different generation"):
+        label_dataset(first, output, model, tokenizer, config, batch_size=2, max_new_tokens=5, with_scores=False)
+    assert not output.exists()
+
+    labelled = label_dataset(second, output, model, tokenizer, config, batch_size=2, max_new_tokens=4,
+                             with_scores=False, overwrite=True)  # fmt: skip
+    alone = teacher_answers(model, tokenizer, config, labelled["train"]["question"],
+                            [list(d) for d in labelled["train"]["documents"]], max_new_tokens=4)  # fmt: skip
+    assert labelled["train"]["teacher_answer"] == alone  # every label is the second run's own
+    assert not journal.exists()

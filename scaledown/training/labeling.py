@@ -168,6 +168,64 @@ class LabelJournal:
             self.done[record["index"]] = record
 
 
+def _model_identity(model) -> dict | None:
+    """What identifies a loaded model for the labelling journal: its name or path, hub revision, size, and a checksum
+    of a few of its weights (cheap, and different for different weights under the same name)."""
+    if model is None:
+        return None
+    params = list(model.parameters())
+    probe = [params[0], params[len(params) // 2], params[-1]] if params else []
+    return {
+        "name_or_path": str(getattr(model.config, "_name_or_path", "")),
+        "revision": getattr(model.config, "_commit_hash", None),
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in params),
+        "checksum": [round(float(p.detach().double().sum()), 6) for p in probe],
+    }
+
+
+def labelling_fingerprint(dataset, splits, teacher, config, max_new_tokens, with_answers, with_scores, scorer) -> dict:
+    """Everything that determines a label: a journal written under another fingerprint must not be resumed."""
+    return {
+        "data": {split: dataset[split]._fingerprint for split in splits},
+        "teacher": _model_identity(teacher),
+        "prompt": {
+            "system_prompt": config.system_prompt,
+            "doc_max_length": config.doc_max_length,
+            "relevance_question": RELEVANCE_QUESTION,
+        },
+        "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1},
+        "with_answers": sorted(with_answers) if isinstance(with_answers, (list, tuple, set)) else bool(with_answers),
+        "with_scores": with_scores,
+        "scorer": scorer,
+    }
+
+
+def _check_journal(journal_dir: Path, fingerprint: dict, overwrite: bool) -> None:
+    path = journal_dir / "fingerprint.json"
+    if overwrite and journal_dir.exists():
+        shutil.rmtree(journal_dir)
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != fingerprint:
+            differing = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+            raise ValueError(
+                f"{journal_dir} holds an interrupted labelling run with a different {', '.join(differing)}: resuming "
+                "it would mix its labels with this run's. Run again with `--overwrite` (`overwrite=True`) to start "
+                "over, or with the first run's settings to finish it."
+            )
+        return
+    if any(journal_dir.glob("*.jsonl")):
+        raise ValueError(
+            f"{journal_dir} holds labels of an interrupted run without a fingerprint (written by an older version): "
+            "run again with `--overwrite` (`overwrite=True`) to start over."
+        )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2))
+    os.replace(tmp, path)
+
+
 def label_dataset(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -184,11 +242,14 @@ def label_dataset(
     with_answers: bool | list[str] = True,
     with_scores: bool = True,
     teacher_kwargs: dict | None = None,
+    overwrite: bool = False,
 ):
     """Add `teacher_answer` and `teacher_scores` columns to the prepared dataset in `dataset_dir` and save it to
     `output_dir`. `teacher` / `cross_encoder` / `bi_encoder`: a loaded model or a hub id / folder; relevance comes
     from the cross-encoder, else the bi-encoder, else the teacher LLM. `with_answers` may list the splits that get
-    teacher answers (e.g. `["train"]`). Resumable (see module doc)."""
+    teacher answers (e.g. `["train"]`). Resumable (see module doc): the journal carries a fingerprint of the data,
+    teacher, prompt, generation options and scorer, and a resume under another one is refused (`overwrite=True`
+    starts over)."""
     from datasets import DatasetDict, load_from_disk
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -215,9 +276,22 @@ def label_dataset(
         dataset = DatasetDict({"train": dataset})
     output_dir = Path(output_dir)
     journal_dir = output_dir.parent / f".{output_dir.name}.partial"
-    journal_dir.mkdir(parents=True, exist_ok=True)
+    splits = list(splits or list(dataset))
+    missing = [split for split in splits if split not in dataset]
+    if missing:
+        raise ValueError(f"{dataset_dir} has no split {missing[0]!r} (it has {list(dataset)}).")
+    if cross_encoder is not None:
+        scorer = {"cross_encoder": _model_identity(cross_encoder)}
+    elif bi_encoder is not None:
+        scorer = {"bi_encoder": _model_identity(bi_encoder)}
+    else:
+        scorer = "teacher log-odds"
+    fingerprint = labelling_fingerprint(
+        dataset, splits, teacher, config, max_new_tokens, with_answers, with_scores, scorer
+    )
+    _check_journal(journal_dir, fingerprint, overwrite)
     labelled = {}
-    for split in splits or list(dataset):
+    for split in splits:
         rows = dataset[split]
         answers_here = split in with_answers if isinstance(with_answers, (list, tuple, set)) else bool(with_answers)
         journal = LabelJournal(journal_dir / f"{split}.jsonl")
