@@ -7,6 +7,7 @@ configuration file beside it and (guarded) peft.
 
 import contextlib
 import copy
+import functools
 import inspect
 import os
 import tempfile
@@ -31,19 +32,32 @@ except ImportError:  # transformers 4.x
 
 logger = logging.get_logger(__name__)
 
-# One re-entrant lock per model for the generator's shared state (adapters folded in, taken out or switched off; the
-# memory-injection hook): generation, the forward pass and the uncompressed baseline hold it while they use that
-# state. Kept outside the module, so that models stay deep-copyable and picklable.
-_ADAPTER_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_ADAPTER_LOCKS_GUARD = threading.Lock()
+# One re-entrant lock per model for its shared state: the generator's adapters (folded in, taken out or switched off),
+# the memory-injection hook and the tokenizers (a fast tokenizer's truncation settings are per-object state: two
+# threads tokenising at once fail with "Already borrowed"). Compression, generation, the forward pass and the
+# uncompressed baseline hold it while they run, so threads sharing a model are served one call at a time. Kept outside
+# the module, so that models stay deep-copyable and picklable.
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
 
 
-def _adapter_lock(model: nn.Module) -> threading.RLock:
-    with _ADAPTER_LOCKS_GUARD:
-        lock = _ADAPTER_LOCKS.get(model)
+def _model_lock(model: nn.Module) -> threading.RLock:
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
         if lock is None:
-            lock = _ADAPTER_LOCKS[model] = threading.RLock()
+            lock = _MODEL_LOCKS[model] = threading.RLock()
         return lock
+
+
+def _serialised(method):
+    """Run a public method of the model under its lock (see `_MODEL_LOCKS`)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _model_lock(self):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 _BACKGROUND_MARKER = "@@SCALEDOWN_BACKGROUND@@"
@@ -531,6 +545,35 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.generator.set_input_embeddings(value)
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the generator's vocabulary (e.g. after `model.tokenizer.add_tokens(...)`) and keep the model whole:
+        the stored generator configuration follows (so the folder reloads), and an `"n_layers"` compressor, which
+        reads the same tokenizer, gets the same new rows. Encoder and LLM compressors have their own tokenizer and are
+        left as they are. The reserved tokens must stay inside the vocabulary."""
+        reserved = [self.config.memory_token_id, self.config.document_separator_token_id, self.config.rerank_token_id]
+        if self.config.compressor_type == "n_layers":
+            reserved += list(self.config.compressor_memory_token_ids or [])
+        needed = max((t for t in reserved if t is not None), default=-1) + 1
+        embeddings = self.generator.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.weight.shape[0]
+        if size < needed:
+            raise ValueError(f"A vocabulary of {size} tokens would drop ScaleDown's reserved tokens (ids up to "
+                             f"{needed - 1}); resize to at least {needed}.")  # fmt: skip
+        self.config.generator_config["vocab_size"] = size
+        if self.config.compressor_type == "n_layers":
+            compressor_embeddings = self.compressor.get_input_embeddings()
+            old = compressor_embeddings.weight.shape[0]
+            self.compressor.resize_token_embeddings(size, mean_resizing=False)
+            if size > old:  # new rows start as the generator's, as the whole compressor did
+                with torch.no_grad():
+                    self.compressor.get_input_embeddings().weight[old:] = embeddings.weight[old:size].to(
+                        self.compressor.get_input_embeddings().weight.device
+                    )
+        self._setup_generation_config()
+        return embeddings
+
     @classmethod
     def from_generator(
         cls,
@@ -916,6 +959,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 "a folder that holds them, or set `model.tokenizer` / `model.compressor_tokenizer`."
             )
 
+    @_serialised
     @torch.no_grad()
     def compress_documents(
         self,
@@ -1111,7 +1155,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         injection = (
             self._memory_injection(input_ids, memory_embeddings) if input_ids is not None else contextlib.nullcontext()
         )
-        with _adapter_lock(self), injection:
+        with _model_lock(self), injection:
             outputs = self.generator(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -1136,6 +1180,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             attentions=getattr(outputs, "attentions", None),
         )
 
+    @_serialised
     @torch.no_grad()
     def generate(
         self,
@@ -1153,21 +1198,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         if input_ids is None:
             raise ValueError("`generate` needs the generator prompts as `input_ids`.")
-        with _adapter_lock(self):  # the adapter state must not change under a running generation
-            return self._generate(
-                input_ids, attention_mask, compressor_input_ids, compressor_attention_mask, memory_embeddings,
-                **generate_kwargs,
-            )  # fmt: skip
-
-    def _generate(
-        self,
-        input_ids,
-        attention_mask,
-        compressor_input_ids,
-        compressor_attention_mask,
-        memory_embeddings,
-        **generate_kwargs,
-    ):
         self._merge_for_inference()
         if compressor_input_ids is not None:
             if memory_embeddings is not None:
@@ -1189,6 +1219,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 **model_kwargs,
             )
 
+    @_serialised
     @torch.no_grad()
     def generate_from_compressed(
         self, questions: list[str], compressed: Sequence[torch.Tensor], **generate_kwargs
@@ -1246,7 +1277,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     def train(self, mode: bool = True) -> "ScaleDownForCausalLM":
         """`nn.Module.train`; training mode takes folded LoRA adapters back out of the generator's weights."""
-        with _adapter_lock(self):
+        with _model_lock(self):
             super().train(mode)
             if mode:
                 self.unmerge_adapters()
@@ -1279,7 +1310,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     def merge_adapters(self) -> "ScaleDownForCausalLM":
         """Fold the LoRA adapters into the generator's weights for inference: same outputs up to float rounding,
         faster decoding (no adapter matmuls). Undo with `unmerge_adapters` before training or saving."""
-        with _adapter_lock(self):
+        with _model_lock(self):
             for layer in self._lora_layers():
                 if not layer.merged:
                     layer.merge()
@@ -1287,7 +1318,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     def unmerge_adapters(self) -> "ScaleDownForCausalLM":
         """Take merged LoRA adapters back out of the generator's weights (exact up to float rounding)."""
-        with _adapter_lock(self):
+        with _model_lock(self):
             for layer in self._lora_layers():
                 if layer.merged:
                     layer.unmerge()
@@ -1298,7 +1329,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """Context in which the generator runs without its LoRA adapters, i.e. as the base generator. Re-entrant: an
         inner use inside an outer one changes nothing (callers can keep the adapters off across several calls). Holds
         the model's adapter lock: other threads' generation waits until the block ends."""
-        with _adapter_lock(self):
+        with _model_lock(self):
             if self._adapters_disabled:
                 yield self.generator
                 return
@@ -1323,6 +1354,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             if merged:
                 self.merge_adapters()
 
+    @_serialised
     @torch.no_grad()
     def generate_uncompressed(
         self, questions: list[str], documents: list[list[str]], use_adapters: bool = False, **generate_kwargs
@@ -1347,6 +1379,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             )
         return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
 
+    @_serialised
     @torch.no_grad()
     def generate_from_text(self, questions: list[str], documents: list[list[str]], **generate_kwargs) -> list[str]:
         r"""

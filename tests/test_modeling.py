@@ -902,3 +902,33 @@ def test_prompts_beyond_the_generators_positions_are_refused_with_the_row(rag_ba
     with pytest.raises(ValueError, match="Question 1: its prompt holds"):
         model.generate_from_text(long_question, documents, max_new_tokens=4)
     assert len(model.generate_from_text(questions, documents, max_new_tokens=4)) == 3  # what fits still runs
+
+
+@pytest.mark.parametrize("compressor_type", ["n_layers", "encoder"])
+def test_resized_vocabulary_saves_loads_and_compresses_new_tokens(tmp_path, rag_batch, compressor_type):
+    """resize_token_embeddings on the wrapper: generator and N-layers compressor resized together, the config follows,
+    save -> load round-trips exactly (robustness issue, row 2)."""
+    from safetensors.torch import load_file
+
+    model = make_scaledown("llama", compressor_type=compressor_type)
+    before = model.get_input_embeddings().weight.shape[0]
+    model.tokenizer.add_tokens([f"zqxword{i}" for i in range(8)])
+    model.resize_token_embeddings(len(model.tokenizer))
+    assert model.get_input_embeddings().weight.shape[0] == len(model.tokenizer) == before + 8
+    assert model.config.generator_config["vocab_size"] == before + 8
+    if compressor_type == "n_layers":
+        assert model.compressor.get_input_embeddings().weight.shape[0] == before + 8
+    questions, documents = rag_batch
+    documents = [[d + " zqxword3 zqxword7" for d in docs] for docs in documents]
+    memory = model.compress_documents(questions, documents)  # new ids reach the compressor: no IndexError
+    model.save_pretrained(tmp_path / "resized")
+    loaded = ScaleDownForCausalLM.from_pretrained(tmp_path / "resized")
+    saved = load_file(tmp_path / "resized" / "model.safetensors")
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys() and set(saved) <= set(reloaded)
+    for name, value in original.items():
+        assert torch.equal(value, reloaded[name]), name
+    for a, b in zip(memory, loaded.compress_documents(questions, documents)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="reserved tokens"):
+        loaded.resize_token_embeddings(4)
