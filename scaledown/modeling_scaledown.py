@@ -10,6 +10,7 @@ import copy
 import functools
 import inspect
 import os
+import shutil
 import tempfile
 import threading
 import weakref
@@ -741,23 +742,34 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         if adapter_only:
             kwargs["state_dict"] = self._adapter_state_dict()
             self.config.adapter_only = True
+        if not kwargs.get("is_main_process", True):  # only the main process writes
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        # Everything is written into a temporary sibling folder first, then installed (see `_install_folder`): a save
+        # that fails halfway leaves the previous folder untouched, and files of an earlier, different save go.
+        target = os.path.normpath(str(save_directory))
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        staging = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(target)}.saving-", dir=os.path.dirname(os.path.abspath(target))
+        )
         try:
-            super().save_pretrained(save_directory, *args, **kwargs)
+            try:
+                super().save_pretrained(staging, *args, **kwargs)
+            finally:
+                if adapter_only:
+                    del self.config.adapter_only
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(staging)
+            if self.compressor_tokenizer is not None and self.compressor_tokenizer is not self.tokenizer:
+                self.compressor_tokenizer.save_pretrained(os.path.join(staging, COMPRESSOR_TOKENIZER_FOLDER))
+            if model_card:
+                writer = type(self).model_card_writer
+                if writer is None:
+                    logger.warning("Writing a model card needs the `scaledown` package: `pip install scaledown`.")
+                else:
+                    writer(staging, model_card if isinstance(model_card, dict) else None)
+            _install_folder(staging, target)
         finally:
-            if adapter_only:
-                del self.config.adapter_only
-        if not kwargs.get("is_main_process", True):
-            return
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(save_directory)
-        if self.compressor_tokenizer is not None and self.compressor_tokenizer is not self.tokenizer:
-            self.compressor_tokenizer.save_pretrained(os.path.join(save_directory, COMPRESSOR_TOKENIZER_FOLDER))
-        if model_card:
-            writer = type(self).model_card_writer
-            if writer is None:
-                logger.warning("Writing a model card needs the `scaledown` package: `pip install scaledown`.")
-            else:
-                writer(save_directory, model_card if isinstance(model_card, dict) else None)
+            shutil.rmtree(staging, ignore_errors=True)
         if push:
             repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
             self._push_folder(str(save_directory), repo_id, model_card, **hub_kwargs)
@@ -1394,6 +1406,52 @@ def _add_special_tokens(tokenizer, tokens: list[str]) -> None:
     missing = [t for t in tokens if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+
+
+# What a ScaleDown save writes (and so owns) in its folder: weights (one file or shards + index), configurations,
+# remote code, tokenizer files, the model card and the compressor's tokenizer folder.
+_OWNED_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "configuration_scaledown.py", "modeling_scaledown.py", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "README.md",
+    COMPRESSOR_TOKENIZER_FOLDER,
+)  # fmt: skip
+
+
+def _owned(name: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, pattern) for pattern in _OWNED_FILES)
+
+
+def _install_folder(staging: str, target: str) -> None:
+    """Put the freshly written folder `staging` in place of `target`. A target that is missing, empty or holds only
+    files a ScaleDown save owns is swapped whole (two renames: a crash leaves either the old or the new folder, plus a
+    hidden leftover); otherwise (e.g. a training output folder that also holds checkpoints) each new file replaces its
+    namesake and owned files of an earlier save that this one did not write (stale shards or index, another
+    compressor's tokenizer, an old card) are removed, and files the model does not own are kept."""
+    if not os.path.exists(target) or all(_owned(name) for name in os.listdir(target)):
+        previous = None
+        if os.path.exists(target):
+            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.previous-", dir=os.path.dirname(
+                os.path.abspath(target)))  # fmt: skip
+            os.rmdir(previous)
+            os.replace(target, previous)
+        os.replace(staging, target)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+        return
+    written = set(os.listdir(staging))
+    for name in sorted(written, key=lambda n: n == "model.safetensors.index.json"):  # the index last
+        destination = os.path.join(target, name)
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staging, name), destination)
+    for name in os.listdir(target):
+        if name not in written and _owned(name):
+            path = os.path.join(target, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _grow_vocabulary(model: PreTrainedModel, size: int) -> None:

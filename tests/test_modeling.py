@@ -932,3 +932,45 @@ def test_resized_vocabulary_saves_loads_and_compresses_new_tokens(tmp_path, rag_
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="reserved tokens"):
         loaded.resize_token_embeddings(4)
+
+
+def test_saves_are_atomic_and_leave_no_stale_files(tmp_path, monkeypatch):
+    """A save that fails halfway keeps the previous folder; saving over another model's folder removes what that one
+    owned and this one does not write; files the model does not own stay (robustness issue, row 3)."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    encoder_model = make_scaledown("llama", compressor_type="encoder")
+    encoder_model.save_pretrained(folder, max_shard_size="50KB")
+    assert (folder / "compressor_tokenizer").is_dir() and (folder / "model.safetensors.index.json").is_file()
+    (folder / "README.md").write_text("card of the encoder model")
+
+    n_layers = make_scaledown("llama")
+    n_layers.save_pretrained(folder)  # unsharded, no compressor tokenizer, no card
+    names = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in names and not [n for n in names if n.startswith("model-")]
+    assert "model.safetensors.index.json" not in names and "compressor_tokenizer" not in names
+    assert "README.md" not in names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]  # no leftovers
+    saved = load_file(folder / "model.safetensors")
+
+    def broken(self, directory, *args, **kwargs):
+        (pathlib.Path(directory) / "tokenizer.json").write_text("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(n_layers.tokenizer), "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make_scaledown("qwen2").save_pretrained(folder)
+    monkeypatch.undo()
+    assert torch.equal(load_file(folder / "model.safetensors")["compressor.embed_tokens.weight"],
+                       saved["compressor.embed_tokens.weight"])  # fmt: skip
+    assert (folder / "tokenizer.json").read_text() != "half"
+    assert ScaleDownForCausalLM.from_pretrained(folder).config.compressor_type == "n_layers"
+
+    outputs = tmp_path / "run"
+    (outputs / "checkpoint-10").mkdir(parents=True)
+    (outputs / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    encoder_model.save_pretrained(outputs)
+    n_layers.save_pretrained(outputs)  # a folder with files the model does not own: they stay
+    assert (outputs / "checkpoint-10" / "trainer_state.json").is_file()
+    assert not (outputs / "compressor_tokenizer").exists() and (outputs / "model.safetensors").is_file()
