@@ -108,6 +108,22 @@ def test_read_texts_from_files_squad_and_datasets(tmp_path):
     assert len(test) == 3 and all(r["continuation"] for r in test) and len(train) == 7
 
 
+def test_read_texts_takes_one_split_of_a_prepared_folder_and_its_document_lists(tmp_path):
+    """The reading recipe pretrains on the training split's retrieved documents only: held-out articles stay unseen."""
+    prepared = DatasetDict(
+        {
+            "train": Dataset.from_dict({"documents": [["Doc A.", "Doc B."], ["Doc B.", "Doc C."]]}),
+            "test": Dataset.from_dict({"documents": [["Held-out doc."]]}),
+        }
+    )
+    prepared.save_to_disk(str(tmp_path / "prepared"))
+    folder = str(tmp_path / "prepared")
+    assert read_texts([folder], "documents", ["train"]) == ["Doc A.", "Doc B.", "Doc C."]
+    assert "Held-out doc." in read_texts([folder], "documents")
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        read_texts([folder], "documents", ["validation"])
+
+
 def test_cli_pretrain_end_to_end(tmp_path):
     generator, tokenizer = make_generator("llama")
     generator.save_pretrained(tmp_path / "gen")

@@ -40,9 +40,10 @@ INSTRUCTIONS = {
 }
 
 
-def read_texts(sources: list[str], text_column: str = "text") -> list[str]:
+def read_texts(sources: list[str], text_column: str = "text", splits: list[str] | None = None) -> list[str]:
     """Passages from `sources`: `.txt` files (split on blank lines), SQuAD `.json` files (their contexts), `hf:NAME`
-    / `hf:NAME:CONFIG` hub datasets or `save_to_disk` folders (the `text_column` of every split). Empty ones are
+    / `hf:NAME:CONFIG` hub datasets or `save_to_disk` folders (the `text_column` of every split, or of `splits`; a
+    column of lists, such as the `documents` of a `prepare-data` folder, gives each of its texts). Empty ones are
     dropped, duplicates kept once (in order)."""
     from .data import read_squad
 
@@ -57,11 +58,18 @@ def read_texts(sources: list[str], text_column: str = "text") -> list[str]:
             else:
                 name, _, config = source[3:].partition(":")
                 loaded = datasets.load_dataset(name, config or None)
-            splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
-            for split in splits:
+            if isinstance(loaded, datasets.DatasetDict):
+                missing = [name for name in splits or [] if name not in loaded]
+                if missing:
+                    raise ValueError(f"{source}: no split {missing[0]!r} (has {list(loaded)}).")
+                chosen = [loaded[name] for name in splits] if splits else list(loaded.values())
+            else:
+                chosen = [loaded]
+            for split in chosen:
                 if text_column not in split.column_names:
                     raise ValueError(f"{source}: no `{text_column}` column (has {split.column_names}).")
-                texts += list(split[text_column])
+                for value in split[text_column]:
+                    texts += list(value) if isinstance(value, (list, tuple)) else [value]
         elif path.suffix == ".json":
             texts += [p for record in read_squad(path) for p in record.passages]
         elif path.suffix in (".txt", ".md"):

@@ -96,7 +96,14 @@ class PretrainingDataArguments:
             "passages of the shipped SQuAD sample)."
         },
     )
-    text_column: str = field(default="text", metadata={"help": "Text column of dataset sources."})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "Text column of dataset sources (a column of lists, e.g. `documents`, gives each text)."},
+    )
+    data_splits: list[str] | None = field(
+        default=None,
+        metadata={"help": "Only these splits of dataset sources (e.g. `train`, to keep held-out articles unseen)."},
+    )
     autoencoding_ratio: float = field(
         default=0.5, metadata={"help": "Share of auto-encoding rows; the rest are continuation rows."}
     )
@@ -265,11 +272,9 @@ def run_pretraining(
     )
     from .trainer import ScaleDownTrainer
 
-    if model_args.compressor_type == "n_layers" and not model_args.model_name_or_path:
-        logger.warning("OSCAR's N-layers compressor needs no pretraining; pretraining it anyway.")
     set_seed(training_args.seed)
     model = build_model(model_args)
-    texts = read_texts(data_args.data or default_sources(), data_args.text_column)
+    texts = read_texts(data_args.data or default_sources(), data_args.text_column, data_args.data_splits)
     rows = make_pretraining_rows(
         texts,
         model.compressor_tokenizer,
