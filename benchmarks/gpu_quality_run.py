@@ -138,8 +138,10 @@ def environment(device: str) -> dict:
 
 def tiny_generator(tokenizer_dir: str, folder: Path) -> str:
     """A 6-layer, 64-wide random Llama with SmolLM2's tokenizer and chat template (dry runs only)."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -360,6 +362,8 @@ def worker(options) -> None:
         "match_uncompressed": evaluation["uncompressed"]["gold"].get("match"),
         "paired": evaluation.get("paired"),
         "gain_share": gain.get("gain_share"),
+        "document_gain_compressed": gain.get("compressed", {}).get("document_gain"),
+        "document_gain_uncompressed": gain.get("uncompressed", {}).get("document_gain"),
         "teacher_fidelity_rouge_l": evaluation["compressed"]["teacher_fidelity"].get("rouge_l"),
     }
     result = {

@@ -101,8 +101,16 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
     model = make_scaledown("llama", doc_max_length=128, num_memory_tokens=8, query_max_length=64)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
-    result = run_benchmark(folder, batch_sizes=[1, 2], repetitions=1, new_tokens=4, output_dir=tmp_path / "bench",
-                           profile_flops=False, dtype="auto")  # fmt: skip
+    result = run_benchmark(
+        folder,
+        batch_sizes=[1, 2],
+        repetitions=1,
+        new_tokens=4,
+        output_dir=tmp_path / "bench",
+        profile_flops=False,
+        dtype="auto",
+        num_documents=5,
+    )  # fmt: skip (fits 1,024 positions)
     summary = result["summary"]["per_batch_size"]
     assert set(summary) == {"1", "2"}
     for entry in summary.values():

@@ -1,9 +1,11 @@
 """Compressor pretraining (`scaledown pretrain`): align an encoder or small-LLM compressor with the generator.
 
-OSCAR pretrains its encoder and LLM compressors before fine-tuning (the N-layers compressor needs none): on plain text,
-the compressor reads a chunk of `doc_max_length` tokens (with an empty query) and the generator, reading only its
-memory embeddings, either reconstructs the chunk (auto-encoding) or continues the text that follows it
-(continuation); the two tasks are mixed by `autoencoding_ratio` (0.5 by default). Training uses the very
+OSCAR pretrains its encoder and LLM compressors before fine-tuning and gives the N-layers compressor none; here a
+short auto-encoding warm-up is what makes the generator read an N-layers memory early (README, *Reading the memory*;
+`configs/smollm2-5l-squad-pretrain.yaml`). On plain text, the compressor reads a chunk of `doc_max_length` tokens
+(with an empty query) and the generator, reading only its memory embeddings, either reconstructs the chunk
+(auto-encoding) or continues the text that follows it (continuation); the two tasks are mixed by
+`autoencoding_ratio` (0.5 by default). Training uses the very
 [`ScaleDownTrainer`] and distillation loss of fine-tuning (cross-entropy on the target tokens; no reranking term);
 only the collator differs: [`PretrainingCollator`].
 
