@@ -7,6 +7,7 @@ configuration file beside it and (guarded) peft.
 
 import contextlib
 import copy
+import fnmatch
 import functools
 import inspect
 import os
@@ -1340,7 +1341,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     def generator_adapters_disabled(self):
         """Context in which the generator runs without its LoRA adapters, i.e. as the base generator. Re-entrant: an
         inner use inside an outer one changes nothing (callers can keep the adapters off across several calls). Holds
-        the model's adapter lock: other threads' generation waits until the block ends."""
+        the model's lock: other threads' calls wait until the block ends."""
         with _model_lock(self):
             if self._adapters_disabled:
                 yield self.generator
@@ -1350,6 +1351,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
 
     @contextlib.contextmanager
     def _adapters_switched_off(self):
+        """Unfold and switch off the adapters for the block; restore both (and trainability) afterwards."""
         merged = self.adapters_merged
         self.unmerge_adapters()
         layers = self._lora_layers()
@@ -1420,8 +1422,6 @@ _OWNED_FILES = (
 
 
 def _owned(name: str) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatch(name, pattern) for pattern in _OWNED_FILES)
 
 
@@ -1434,9 +1434,9 @@ def _install_folder(staging: str, target: str) -> None:
     if not os.path.exists(target) or all(_owned(name) for name in os.listdir(target)):
         previous = None
         if os.path.exists(target):
-            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.previous-", dir=os.path.dirname(
-                os.path.abspath(target)))  # fmt: skip
-            os.rmdir(previous)
+            parent = os.path.dirname(os.path.abspath(target))
+            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.previous-", dir=parent)
+            os.rmdir(previous)  # a free name next to the target, for the old folder
             os.replace(target, previous)
         os.replace(staging, target)
         if previous is not None:
