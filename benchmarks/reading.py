@@ -86,6 +86,24 @@ def record_run(path: Path, run: dict) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def training_arguments(options, folder: str, steps: int, **overrides) -> ScaleDownTrainingArguments:
+    """What every phase of a reading run shares (batch, learning rates, seed, CPU, no saving), plus its own."""
+    return ScaleDownTrainingArguments(
+        output_dir=f"outputs/reading/{options.name}-{folder}",
+        max_steps=steps,
+        per_device_train_batch_size=options.batch_size,
+        learning_rate_generator=options.learning_rate_generator,
+        learning_rate_compressor=options.learning_rate_compressor,
+        logging_steps=10,
+        save_strategy="no",
+        seed=options.seed,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        **overrides,
+    )
+
+
 def warm_up(model, options, train) -> None:
     """Compressor pretraining on the documents of the training rows (as `scaledown pretrain` does), same learning
     rates, constant schedule."""
@@ -100,21 +118,8 @@ def warm_up(model, options, train) -> None:
         texts, tokenizer, length, autoencoding_ratio=options.autoencoding_ratio, seed=options.seed
     )
     rows = rows[:needed]
-    args = ScaleDownTrainingArguments(
-        output_dir=f"outputs/reading/{options.name}-warm-up",
-        max_steps=options.autoencoding_steps,
-        per_device_train_batch_size=options.batch_size,
-        learning_rate_generator=options.learning_rate_generator,
-        learning_rate_compressor=options.learning_rate_compressor,
-        lr_scheduler_type="constant",
-        warmup_ratio=0.0,
-        logging_steps=10,
-        save_strategy="no",
-        seed=options.seed,
-        use_cpu=True,
-        report_to=[],
-        disable_tqdm=True,
-    )
+    args = training_arguments(options, "warm-up", options.autoencoding_steps, lr_scheduler_type="constant",
+                              warmup_ratio=0.0)  # fmt: skip
     collator = PretrainingCollator.from_model(model)
     ScaleDownTrainer(model=model, args=args, data_collator=collator, train_dataset=Dataset.from_list(rows)).train()
 
@@ -187,12 +192,10 @@ def main(argv=None):
         measure(0, 0.0)
     if options.steps > 0:
         teacher = options.kl_weight > 0 or options.hidden_weight > 0
-        args = ScaleDownTrainingArguments(
-            output_dir=f"outputs/reading/{options.name}-checkpoints",
-            max_steps=options.steps,
-            per_device_train_batch_size=options.batch_size,
-            learning_rate_generator=options.learning_rate_generator,
-            learning_rate_compressor=options.learning_rate_compressor,
+        args = training_arguments(
+            options,
+            "checkpoints",
+            options.steps,
             lr_scheduler_type=options.lr_scheduler,
             warmup_ratio=options.warmup_ratio,
             num_train_documents=options.train_documents,
@@ -200,12 +203,6 @@ def main(argv=None):
             raw_document_teacher=teacher,
             kl_weight=options.kl_weight,
             hidden_distillation_weight=options.hidden_weight,
-            logging_steps=10,
-            save_strategy="no",
-            seed=options.seed,
-            use_cpu=True,
-            report_to=[],
-            disable_tqdm=True,
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train, callbacks=[Measure()])
         trainer.train()

@@ -299,7 +299,9 @@ def run_benchmark(
                 if device.type == "cuda":  # the allocator's peak is exact and resettable: no fresh process needed
                     memory[system] = _memory_in_process(model, system, batch_size, probe_settings)
                 else:  # resident memory only grows: one fresh process per setting
-                    memory[system] = _memory_in_subprocess(model_path, system, batch_size, probe_settings)
+                    memory[system] = _probe_in_subprocess(
+                        "memory_probe", str(model_path), system, batch_size, probe_settings
+                    )
             memory["ratio"] = memory["compressed"] / memory["uncompressed"] if memory["uncompressed"] else None
             results[str(batch_size)]["peak_memory_mib"] = memory
 
@@ -332,19 +334,21 @@ def run_benchmark(
     return result
 
 
-def _memory_in_subprocess(model_path, system: str, batch_size: int, settings: dict) -> float | None:
+def _probe_in_subprocess(probe: str, *arguments) -> float | None:
+    """Run `scaledown.evaluation.benchmark.<probe>(*arguments)` in a fresh process (resident memory only grows) and
+    return its peak memory in MiB, or `None` (with a warning) if it failed. Arguments travel as JSON."""
     code = (
-        "import json, sys; from scaledown.evaluation.benchmark import memory_probe; "
-        "print(json.dumps(memory_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))))"
+        "import json, sys; from scaledown.evaluation import benchmark; "
+        f"print(json.dumps(benchmark.{probe}(*json.loads(sys.argv[1]))))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, str(model_path), system, str(batch_size), json.dumps(settings)],
+        [sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path) else a for a in arguments])],
         capture_output=True,
         text=True,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     if result.returncode != 0:
-        logger.warning(f"Memory probe failed for {system} batch {batch_size}: {result.stderr[-1000:]}")
+        logger.warning(f"Memory probe {probe}{arguments[-3:-1]} failed: {result.stderr[-1000:]}")
         return None
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -456,25 +460,6 @@ def user_memory_probe(model_path, generator, system: str, batch_size: int, setti
     return peak.peak_mib
 
 
-def _user_memory_in_subprocess(model_path, generator, system: str, batch_size: int, settings: dict) -> float | None:
-    code = (
-        "import json, sys; from scaledown.evaluation.benchmark import user_memory_probe; "
-        "print(json.dumps(user_memory_probe(sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), "
-        "json.loads(sys.argv[5]))))"
-    )
-    arguments = [str(model_path), generator or "", system, str(batch_size), json.dumps(settings)]
-    result = subprocess.run(
-        [sys.executable, "-c", code, *arguments],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
-    if result.returncode != 0:
-        logger.warning(f"Memory probe failed for {system} batch {batch_size}: {result.stderr[-1000:]}")
-        return None
-    return float(result.stdout.strip().splitlines()[-1])
-
-
 def run_user_benchmark(
     model_path,
     generator=None,
@@ -555,7 +540,9 @@ def run_user_benchmark(
                     if where.type == "cuda":
                         memory[system] = user_memory_probe(model_path, generator, system, batch_size, probe)
                     else:
-                        memory[system] = _user_memory_in_subprocess(model_path, generator, system, batch_size, probe)
+                        memory[system] = _probe_in_subprocess(
+                            "user_memory_probe", str(model_path), generator, system, batch_size, probe
+                        )
                 if memory["compressed"] is not None and memory["uncompressed"]:
                     memory["ratio"] = memory["compressed"] / memory["uncompressed"]
                 per_batch[str(batch_size)]["peak_memory_mib"] = {
