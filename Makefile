@@ -36,7 +36,10 @@ demo: $(STAMP)
 # code path of a Trainium run short of the Neuron compiler. Its ~7 GB environment holds the dependencies only (scaledown
 # runs from this checkout) and is cached outside the clone, keyed by the files that pin it; a fresh machine builds it.
 XLA_CACHE ?= $(HOME)/.cache/scaledown/venvs
-XLA_KEY := $(shell cat requirements/xla.txt requirements/transformers4.txt setup.cfg | sha256sum | cut -c1-16)
+# Keyed by the pins and setup.cfg's dependency sections only (package layout changes need no new environment).
+XLA_KEY := $(shell (cat requirements/xla.txt requirements/transformers4.txt; \
+	sed -n '/^install_requires/,/^$$/p;/^\[options.extras_require\]/,/^\[options.entry_points\]/p' setup.cfg) \
+	| sha256sum | cut -c1-16)
 XLA_VENV ?= $(XLA_CACHE)/xla-$(XLA_KEY)
 
 $(XLA_VENV)/.complete:

@@ -35,6 +35,11 @@ BEGAN = time.monotonic()
 
 # name -> (from_generator keyword arguments, training-argument overrides)
 VARIANTS = {
+    # The CPU's reading recipe: a quarter of the rows auto-encode their top document (README, *Reading the memory*).
+    "deep-attention-aemix": (
+        {"memory_injection_layer": 5, "memory_slots": "chunk_attention"},
+        {"autoencoding_mix": 0.25},
+    ),
     "deep-attention": ({"memory_injection_layer": 5, "memory_slots": "chunk_attention"}, {}),
     "deep-attention-kl": (
         {"memory_injection_layer": 5, "memory_slots": "chunk_attention"},

@@ -67,6 +67,13 @@ def parse(argv=None) -> argparse.Namespace:
         "scaledown.training.pretraining) before the question-answering steps; they count in the recorded steps.",
     )
     parser.add_argument("--autoencoding-ratio", type=float, default=0.5, help="Share of auto-encoding rows.")
+    parser.add_argument(
+        "--autoencoding-mix",
+        type=float,
+        default=0.0,
+        help="Share of question-answering rows turned into auto-encoding rows of their top document "
+        "(`ScaleDownTrainingArguments.autoencoding_mix`).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="Save the trained model here.")
     parser.add_argument("--record", default="docs/results/reading.json")
@@ -203,6 +210,7 @@ def main(argv=None):
             raw_document_teacher=teacher,
             kl_weight=options.kl_weight,
             hidden_distillation_weight=options.hidden_weight,
+            autoencoding_mix=options.autoencoding_mix,
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train, callbacks=[Measure()])
         trainer.train()

@@ -66,7 +66,7 @@ def parse() -> argparse.Namespace:
 
 
 class CenteredMemory(nn.Module):
-    """`(memory + shift) * scale`, both trainable; stands in for the (absent) projection of an N-layers compressor."""
+    """`(memory + shift) * scale`, both trainable; stands in for the (absent) projector of an N-layers compressor."""
 
     def __init__(self, shift: torch.Tensor, scale: torch.Tensor):
         super().__init__()
@@ -82,7 +82,7 @@ def center_memory(model, questions, documents) -> dict:
     mean = memory.mean(0)
     target = model.get_input_embeddings().weight.norm(dim=-1).mean()
     scale = target / (memory - mean).norm(dim=-1).mean()
-    model.projection = CenteredMemory(-mean, torch.full_like(mean, float(scale)))
+    model.projector = CenteredMemory(-mean, torch.full_like(mean, float(scale)))
     model._set_trainable()
     cosine = nn.functional.normalize(memory, dim=-1)
     return {

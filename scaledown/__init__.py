@@ -1,6 +1,6 @@
 """ScaleDown: Hugging Face-native OSCAR (online soft compression and reranking) for fast RAG."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
 
 from .configuration_scaledown import ScaleDownConfig
 from .hub_cards import push_folder as _push_folder
@@ -11,6 +11,9 @@ from .modeling_scaledown import (
     ScaleDownCompressorOutput,
     ScaleDownForCausalLM,
     ScaleDownPreTrainedModel,
+)
+from .processing_scaledown import (
+    ScaleDownProcessor,
     build_compressor_inputs,
     build_generator_inputs,
     build_generator_prompt,
@@ -27,6 +30,7 @@ ScaleDownForCausalLM.folder_pusher = staticmethod(_push_folder)
 AutoConfig.register(ScaleDownConfig.model_type, ScaleDownConfig, exist_ok=True)
 AutoModel.register(ScaleDownConfig, ScaleDownForCausalLM, exist_ok=True)
 AutoModelForCausalLM.register(ScaleDownConfig, ScaleDownForCausalLM, exist_ok=True)
+AutoProcessor.register(ScaleDownConfig, ScaleDownProcessor, exist_ok=True)
 
 __all__ = [
     "CompressedDocuments",
@@ -35,6 +39,7 @@ __all__ = [
     "ScaleDownConfig",
     "ScaleDownForCausalLM",
     "ScaleDownPreTrainedModel",
+    "ScaleDownProcessor",
     "build_compressor_inputs",
     "build_generator_inputs",
     "build_generator_prompt",

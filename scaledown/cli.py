@@ -1,16 +1,17 @@
 """The `scaledown` command line: `demo`, `prepare-data`, `label`, `pretrain`, `train`, `evaluate`, `benchmark`,
-`push`."""
+`verify`, `push`."""
 
 import argparse
 import json
 import sys
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(argv: list[str]) -> int:
     from .demo import DemoSettings, run_demo
+    from .training.arguments import ScaleDownParser
 
-    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "quickstart")})
-    if args.quickstart:
+    (settings,) = ScaleDownParser((DemoSettings,), prog="scaledown demo").parse_args_and_config(argv)
+    if settings.quickstart:
         from .quickstart import run_quickstart
 
         summary = run_quickstart(output_dir=settings.output_dir, num_compressor_layers=settings.num_compressor_layers)
@@ -27,10 +28,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_data(args: argparse.Namespace) -> int:
+def _prepare_data(argv: list[str]) -> int:
     from transformers import AutoTokenizer
 
-    from .training.data import prepare_data, recall_at_k
+    from .training.arguments import ScaleDownParser
+    from .training.data import PrepareDataArguments, prepare_data, recall_at_k
+
+    parser = ScaleDownParser((PrepareDataArguments,), prog="scaledown prepare-data")
+    (args,) = parser.parse_args_and_config(argv)
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     dataset = prepare_data(
@@ -54,9 +59,12 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label(args: argparse.Namespace) -> int:
+def _label(argv: list[str]) -> int:
     from .configuration_scaledown import ScaleDownConfig
-    from .training.labeling import label_dataset
+    from .training.arguments import ScaleDownParser
+    from .training.labeling import LabelArguments, label_dataset
+
+    (args,) = ScaleDownParser((LabelArguments,), prog="scaledown label").parse_args_and_config(argv)
 
     config = ScaleDownConfig(doc_max_length=args.doc_max_length, compression_rate=args.compression_rate)
     if args.system_prompt:
@@ -133,6 +141,14 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .verification import verify_folder
+
+    report = verify_folder(args.folder, checksums=not args.no_checksums)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub_cards import push_folder
 
@@ -151,62 +167,19 @@ def _push(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledown", description="OSCAR-style compressed RAG with transformers.")
+    parser.add_argument(
+        "--debug", action="store_true", help="On failure, raise with the traceback (default: one line, exit status 2)."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="The whole method end to end, offline (see `scaledown demo --help`).")
-    from dataclasses import MISSING, fields
-
-    from .demo import DemoSettings
-
-    for f in fields(DemoSettings):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            demo.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=default,
-                              help=f.metadata["help"])  # fmt: skip
-        elif isinstance(default, list):
-            demo.add_argument(flag, type=int, nargs="+", default=default, help=f.metadata["help"])
-        else:
-            kind = type(default) if default is not None else str
-            demo.add_argument(flag, type=kind, default=default, help=f.metadata["help"])
-    demo.add_argument("--quickstart", action="store_true", help="Only wrap, compress, answer, save and reload.")
-    demo.set_defaults(func=_demo)
-
-    prep = commands.add_parser("prepare-data", help="QA data -> chunked collection -> BM25 top-k -> dataset on disk.")
-    prep.add_argument("--source", action="append", required=True, help="squad:PATH, jsonl:PATH or a path; repeatable.")
-    prep.add_argument("--tokenizer", required=True, help="Generator tokenizer (hub id or folder) used for chunking.")
-    prep.add_argument("--output", required=True, help="Output folder (datasets save_to_disk, written atomically).")
-    prep.add_argument("--doc-max-length", type=int, default=128, help="Tokens per document chunk.")
-    prep.add_argument("--train-top-k", type=int, default=5, help="Documents retrieved per training question.")
-    prep.add_argument("--eval-top-k", type=int, default=10, help="Documents retrieved per held-out question.")
-    prep.add_argument("--held-out-fraction", type=float, default=0.2, help="Share of articles held out.")
-    prep.add_argument(
-        "--max-train-questions", type=int, default=None, help="Sample at most this many train questions."
-    )
-    prep.add_argument("--max-eval-questions", type=int, default=None, help="Sample at most this many held-out ones.")
-    prep.add_argument("--retrieve", choices=["auto", "pool", "own"], default="auto", help="Retrieval mode.")
-    prep.add_argument("--seed", type=int, default=0, help="Seed of the split and the sampling.")
-    prep.add_argument("--retriever", default="bm25", help="bm25, or dense:<sentence encoder folder or hub id>.")
-    prep.set_defaults(func=_prepare_data)
-
-    label = commands.add_parser("label", help="Teacher answers and relevance scores (resumable).")
-    label.add_argument("--data", required=True, help="Folder written by prepare-data.")
-    label.add_argument("--output", required=True, help="Output folder (written atomically at the end).")
-    label.add_argument(
-        "--teacher", required=True, help="Teacher causal LM (hub id or folder), e.g. the base generator."
-    )
-    label.add_argument("--cross-encoder", default=None, help="Cross-encoder for relevance scores (else the teacher).")
-    label.add_argument("--batch-size", type=int, default=8, help="Questions per teacher batch.")
-    label.add_argument("--max-new-tokens", type=int, default=128, help="Teacher answer length.")
-    label.add_argument("--splits", nargs="*", default=None, help="Splits to label (default: all).")
-    label.add_argument("--doc-max-length", type=int, default=128, help="Document tokens the teacher reads.")
-    label.add_argument("--compression-rate", type=int, default=16, help="Only to build a consistent config.")
-    label.add_argument("--system-prompt", default=None, help="System prompt (default: ScaleDown's).")
-    label.add_argument("--no-scores", action="store_true", help="Skip the relevance scores.")
-    label.add_argument(
-        "--overwrite", action="store_true", help="Drop the journal of an interrupted run instead of resuming it."
-    )
-    label.set_defaults(func=_label)
+    # demo, prepare-data, label, train and pretrain parse their own arguments (`ScaleDownParser`: a JSON/YAML file
+    # then --key value overrides); `scaledown COMMAND --help` lists them.
+    for name, text in (
+        ("demo", "The whole method end to end, offline (`scaledown demo --help`; --quickstart: one minute)."),
+        ("prepare-data", "QA data -> chunked collection -> BM25 top-k -> dataset on disk."),
+        ("label", "Teacher answers and relevance scores (resumable)."),
+    ):
+        commands.add_parser(name, help=text, add_help=False).set_defaults(func=None)
 
     evaluate = commands.add_parser("evaluate", help="Compressed model vs uncompressed base generator, side by side.")
     evaluate.add_argument("--model", required=True, help="ScaleDown model folder or hub id.")
@@ -250,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
     bench.set_defaults(func=_benchmark)
 
+    verify = commands.add_parser(
+        "verify",
+        help="Check a saved folder's weights (shapes, dtypes, names) and tokenizers against its configuration, "
+        "without loading the weights; prints each weight file's SHA-256. Exit status 1 when something is wrong.",
+    )
+    verify.add_argument("folder", help="Saved ScaleDown folder.")
+    verify.add_argument("--no-checksums", action="store_true", help="Skip the SHA-256 of the weight files.")
+    verify.set_defaults(func=_verify)
+
     push = commands.add_parser("push", help="Upload a model folder (weights, code, tokenizers, card) in one commit.")
     push.add_argument("folder", help="Saved ScaleDown folder.")
     push.add_argument("repo_id", help="Hub repository, e.g. org/scaledown-mistral-8l.")
@@ -277,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
+    own_parsers = {"demo": _demo, "prepare-data": _prepare_data, "label": _label}
+    if argv and argv[0] in own_parsers:
+        return own_parsers[argv[0]](argv[1:])
     if argv and argv[0] == "train":
         from .training.run import main as train_main
 
@@ -289,6 +273,29 @@ def main(argv: list[str] | None = None) -> int:
         return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a failed command: the message alone for the errors that describe bad input (`ValueError`,
+    `OSError`: what is wrong and how to fix it), the exception's type in front of any other."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. A failure prints one line, `scaledown COMMAND: error: ...`, and exits with status 2; with
+    `--debug` (anywhere on the command line) it raises, traceback included."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _dispatch(argv)
+    except Exception as error:
+        if debug:
+            raise
+        command = f"scaledown {argv[0]}" if argv else "scaledown"
+        print(f"{command}: error: {error_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 """ScaleDown configuration: OSCAR (Louis et al., 2025, arXiv:2504.07109) online soft compression and reranking."""
 
 import copy
+import os
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -20,25 +21,37 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-def _config_to_dict(value: Any, name: str) -> dict | None:
-    if value is None:
-        return None
-    if isinstance(value, PretrainedConfig):
-        value = value.to_dict()
+_SUB_CONFIGS = ("generator_config", "compressor_config")
+# Training settings that earlier versions stored in the configuration (now `ScaleDownTrainingArguments` only).
+_TRAINING_POLICY = (
+    "reranking_loss_weight",
+    "learning_rate_generator",
+    "learning_rate_compressor_nlayers",
+    "learning_rate_compressor_encoder",
+)
+
+
+def _to_config(value: Any, name: str) -> PretrainedConfig | None:
+    """A sub-configuration as a `PretrainedConfig`: kept as given, or rebuilt with `AutoConfig.for_model` from its
+    dict (how `config.json` stores it)."""
+    if value is None or isinstance(value, PretrainedConfig):
+        return value
     if not isinstance(value, dict):
         raise ValueError(f"`{name}` must be a PretrainedConfig, a dict or None, got {type(value).__name__}.")
     if "model_type" not in value:
         raise ValueError(f"`{name}` must name its `model_type` so that it can be rebuilt with AutoConfig.")
     value = copy.deepcopy(value)
     value.pop("transformers_version", None)
-    return value
+    return AutoConfig.for_model(value.pop("model_type"), **value)
 
 
-def _dict_to_config(value: dict | None) -> PretrainedConfig | None:
+def _config_dict(value: PretrainedConfig | None) -> dict | None:
+    """A sub-configuration in full, as `config.json` stores it (with its `model_type`, without the version)."""
     if value is None:
         return None
-    value = copy.deepcopy(value)
-    return AutoConfig.for_model(value.pop("model_type"), **value)
+    output = value.to_dict()
+    output.pop("transformers_version", None)
+    return output
 
 
 class ScaleDownConfig(PretrainedConfig):
@@ -70,8 +83,10 @@ class ScaleDownConfig(PretrainedConfig):
         compressor_keep_final_norm (`bool`, *optional*, defaults to `False`):
             Whether an `"n_layers"` compressor keeps the generator's final norm (OSCAR drops it).
         projection_hidden_dim (`int`, *optional*):
-            Hidden width of the 2-layer ReLU MLP mapping compressor width to generator width (`"encoder"`/`"llm"`).
-            Defaults to the generator's hidden size.
+            Hidden width of the projector, the 2-layer MLP mapping compressor width to generator width
+            (`"encoder"`/`"llm"`). Defaults to the generator's hidden size.
+        projector_hidden_act (`str`, *optional*, defaults to `"relu"`):
+            The projector's activation (a `transformers.activations` name; OSCAR: ReLU).
         doc_max_length (`int`, *optional*, defaults to 128):
             Document tokens read by the compressor; longer documents are truncated.
         compression_rate (`int`, *optional*, defaults to 16):
@@ -95,12 +110,8 @@ class ScaleDownConfig(PretrainedConfig):
             unit in the last place per cycle), as peft's `merge`/`unmerge` do.
         enable_reranking (`bool`, *optional*, defaults to `False`):
             Add a `<RR>` token to every compressor input and a dense head on its hidden state that scores relevance.
-        reranking_loss_weight (`float`, *optional*, defaults to 0.05):
-            Weight λ of the reranking MSE in the distillation loss.
-        learning_rate_generator (`float`, *optional*, defaults to 1e-4),
-        learning_rate_compressor_nlayers (`float`, *optional*, defaults to 5e-5),
-        learning_rate_compressor_encoder (`float`, *optional*, defaults to 1e-4):
-            Per-module learning rates read by the ScaleDown trainers (the last one serves `"encoder"` and `"llm"`).
+            Training policy (learning rates, loss weights) is not part of the model: see
+            `ScaleDownTrainingArguments`. Folders saved by earlier versions that stored it still load.
         memory_token (`str`, *optional*, defaults to `"<MEM>"`):
             Placeholder of the generator prompt whose embeddings are overwritten by compressed vectors.
         compressor_memory_token_template (`str`, *optional*, defaults to `"<MEM_{}>"`):
@@ -113,7 +124,7 @@ class ScaleDownConfig(PretrainedConfig):
         system_prompt (`str`, *optional*):
             System message of the generator's chat prompt.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialisation of the projection and reranking head.
+            Standard deviation of the normal initialisation of the projector and reranking head.
         memory_injection_layer (`int`, *optional*, defaults to 0):
             Generator layer at whose input the memory enters. `0` (OSCAR): the memory vectors replace the input
             embeddings of the `<MEM>` placeholders. `k > 0`: the placeholders enter as ordinary tokens and the memory
@@ -130,6 +141,7 @@ class ScaleDownConfig(PretrainedConfig):
     """
 
     model_type = "scaledown"
+    sub_configs = {"generator_config": AutoConfig, "compressor_config": AutoConfig}
 
     def __init__(
         self,
@@ -141,6 +153,7 @@ class ScaleDownConfig(PretrainedConfig):
         compressor_config: PretrainedConfig | dict | None = None,
         compressor_keep_final_norm: bool = False,
         projection_hidden_dim: int | None = None,
+        projector_hidden_act: str = "relu",
         doc_max_length: int | None = None,
         compression_rate: int | None = None,
         num_memory_tokens: int | None = None,
@@ -152,10 +165,6 @@ class ScaleDownConfig(PretrainedConfig):
         lora_target_modules: str | list[str] = "all-linear",
         merge_adapters_for_inference: bool = True,
         enable_reranking: bool = False,
-        reranking_loss_weight: float = 0.05,
-        learning_rate_generator: float = 1e-4,
-        learning_rate_compressor_nlayers: float = 5e-5,
-        learning_rate_compressor_encoder: float = 1e-4,
         memory_token: str = "<MEM>",
         compressor_memory_token_template: str = "<MEM_{}>",
         rerank_token: str = "<RR>",
@@ -188,19 +197,21 @@ class ScaleDownConfig(PretrainedConfig):
             raise ValueError(
                 f"`projection_hidden_dim` must be a positive integer or None, got {projection_hidden_dim!r}."
             )
+        from transformers.activations import ACT2FN
+
+        if projector_hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`projector_hidden_act` must be one of transformers' activations ({', '.join(sorted(ACT2FN))}), "
+                f"got {projector_hidden_act!r}."
+            )
         if not 0.0 <= lora_dropout < 1.0:
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {lora_dropout!r}.")
         for name, value in (
             ("lora_alpha", lora_alpha),
-            ("learning_rate_generator", learning_rate_generator),
-            ("learning_rate_compressor_nlayers", learning_rate_compressor_nlayers),
-            ("learning_rate_compressor_encoder", learning_rate_compressor_encoder),
             ("initializer_range", initializer_range),
         ):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-        if not isinstance(reranking_loss_weight, (int, float)) or reranking_loss_weight < 0:
-            raise ValueError(f"`reranking_loss_weight` must be a non-negative number, got {reranking_loss_weight!r}.")
         if not isinstance(lora_target_modules, (str, list, tuple)):
             raise ValueError(
                 f"`lora_target_modules` must be 'all-linear', a module name or a list of names, got "
@@ -233,13 +244,14 @@ class ScaleDownConfig(PretrainedConfig):
             compressor_name_or_path = DEFAULT_ENCODER if compressor_type == "encoder" else DEFAULT_LLM_COMPRESSOR
 
         self.generator_name_or_path = generator_name_or_path
-        self.generator_config = _config_to_dict(generator_config, "generator_config")
+        self.generator_config = _to_config(generator_config, "generator_config")
         self.compressor_type = compressor_type
         self.num_compressor_layers = num_compressor_layers
         self.compressor_name_or_path = compressor_name_or_path
-        self.compressor_config = _config_to_dict(compressor_config, "compressor_config")
+        self.compressor_config = _to_config(compressor_config, "compressor_config")
         self.compressor_keep_final_norm = compressor_keep_final_norm
         self.projection_hidden_dim = projection_hidden_dim
+        self.projector_hidden_act = projector_hidden_act
         self.doc_max_length = doc_max_length
         self.compression_rate = compression_rate
         self.num_memory_tokens = num_memory_tokens
@@ -253,10 +265,6 @@ class ScaleDownConfig(PretrainedConfig):
         )
         self.merge_adapters_for_inference = merge_adapters_for_inference
         self.enable_reranking = enable_reranking
-        self.reranking_loss_weight = reranking_loss_weight
-        self.learning_rate_generator = learning_rate_generator
-        self.learning_rate_compressor_nlayers = learning_rate_compressor_nlayers
-        self.learning_rate_compressor_encoder = learning_rate_compressor_encoder
         self.memory_token = memory_token
         self.compressor_memory_token_template = compressor_memory_token_template
         self.rerank_token = rerank_token
@@ -269,11 +277,15 @@ class ScaleDownConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.memory_injection_layer = memory_injection_layer
         self.memory_slots = memory_slots
-        layers = (self.generator_config or {}).get("num_hidden_layers")
+        if self.compressor_config is None and compressor_type == "n_layers" and self.generator_config is not None:
+            self.compressor_config = self._first_layers_config()  # what the compressor is built from
+        layers = getattr(self.generator_config, "num_hidden_layers", None)
         if layers is not None and memory_injection_layer >= layers:
             raise ValueError(
                 f"`memory_injection_layer`={memory_injection_layer} must be below the generator's {layers} layers."
             )
+        for name in _TRAINING_POLICY:  # stored by earlier versions; training arguments own them now
+            kwargs.pop(name, None)
         # The generator ties its own embeddings (see its config); the wrapper itself never ties anything.
         kwargs["tie_word_embeddings"] = False
         super().__init__(**kwargs)
@@ -316,27 +328,82 @@ class ScaleDownConfig(PretrainedConfig):
             )
         return doc_max_length, compression_rate, num_memory_tokens
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As in `PretrainedConfig`, with errors that say what is wrong: a local path that does not exist, a folder
+        without `config.json`, or the folder of another model type (e.g. a plain generator) given where a ScaleDown
+        model is expected."""
+        source = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, os.PathLike) \
+            else pretrained_model_name_or_path  # fmt: skip
+        if isinstance(source, str) and not source.endswith(".json"):
+            _check_model_source(source, kwargs.get("subfolder") or "")
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{source} holds a `{model_type}` model, not a ScaleDown model. To compress documents for this "
+                f"generator, wrap it: `ScaleDownForCausalLM.from_generator({source!r}, num_compressor_layers=...)`, "
+                f"or `scaledown train --generator {source}` (then load the folder that training saves)."
+            )
+        return config_dict, kwargs
+
     def get_generator_config(self) -> PretrainedConfig:
-        """The generator's configuration as a `PretrainedConfig` (built with `AutoConfig.for_model`)."""
+        """The generator's configuration (the sub-configuration itself: the model's generator shares it)."""
         if self.generator_config is None:
             raise ValueError(
                 "This ScaleDownConfig holds no `generator_config`: build the model with "
                 "`ScaleDownForCausalLM.from_generator(...)` or "
                 "pass `generator_config=AutoConfig.from_pretrained(...)`."
             )
-        return _dict_to_config(self.generator_config)
+        return self.generator_config
+
+    def get_text_config(self, decoder=None, encoder=None, **kwargs) -> PretrainedConfig:
+        """The configuration of the text the model writes: the generator's (this configuration itself while it has
+        none)."""
+        return self.generator_config if self.generator_config is not None else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise, with the sub-configurations in full (each with its `model_type`); an absent one is left out."""
+        output = super().to_dict()
+        for name in _SUB_CONFIGS:
+            value = getattr(self, name, None)
+            if value is None:
+                output.pop(name, None)
+            else:
+                output[name] = _config_dict(value)
+        return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """As `PretrainedConfig.to_diff_dict`, with the sub-configurations in full: they are rebuilt from their own
+        `model_type` on load, and a default ScaleDownConfig has none to compare with."""
+        held = {name: self.__dict__.get(name) for name in _SUB_CONFIGS}
+        try:
+            for name in _SUB_CONFIGS:
+                self.__dict__[name] = None
+            output = super().to_diff_dict()
+        finally:
+            self.__dict__.update(held)
+        for name, value in held.items():
+            if value is not None:
+                output[name] = _config_dict(value)
+        return output
 
     def get_compressor_config(self) -> PretrainedConfig:
-        """The compressor backbone's configuration: the stored one for `"encoder"`/`"llm"`, for `"n_layers"` the
-        generator's configuration cut to `num_compressor_layers` layers."""
+        """The compressor backbone's configuration (the sub-configuration itself): for `"encoder"`/`"llm"` the
+        compressor's own, for `"n_layers"` the generator's cut to `num_compressor_layers` layers."""
+        if self.compressor_config is not None:
+            return self.compressor_config
         if self.compressor_type != "n_layers":
-            if self.compressor_config is None:
-                raise ValueError(
-                    f"A {self.compressor_type!r} compressor needs `compressor_config`: build the model with "
-                    "`ScaleDownForCausalLM.from_generator(..., compressor_name_or_path=...)`."
-                )
-            return _dict_to_config(self.compressor_config)
-        config = self.get_generator_config()
+            raise ValueError(
+                f"A {self.compressor_type!r} compressor needs `compressor_config`: build the model with "
+                "`ScaleDownForCausalLM.from_generator(..., compressor_name_or_path=...)`."
+            )
+        self.compressor_config = self._first_layers_config()
+        return self.compressor_config
+
+    def _first_layers_config(self) -> PretrainedConfig:
+        """The generator's configuration cut to `num_compressor_layers` layers (an N-layers compressor)."""
+        config = copy.deepcopy(self.get_generator_config())
         total = config.num_hidden_layers
         if self.num_compressor_layers > total:
             raise ValueError(
@@ -348,12 +415,28 @@ class ScaleDownConfig(PretrainedConfig):
         config.use_cache = False
         return config
 
-    @property
-    def compressor_learning_rate(self) -> float:
-        """Learning rate of the compressor and projection: 5e-5 for N layers, 1e-4 otherwise (OSCAR)."""
-        if self.compressor_type == "n_layers":
-            return self.learning_rate_compressor_nlayers
-        return self.learning_rate_compressor_encoder
-
 
 __all__ = ["ScaleDownConfig"]
+
+
+def _check_model_source(source: str, subfolder: str = "") -> None:
+    """Raise a clear `OSError` when `source` names a local folder that does not exist or holds no `config.json`. A
+    string that is not an existing folder is taken for a hub id only when it looks like one (`name` or
+    `namespace/name`); an absolute, home- or dot-relative path, or one with more than one separator, is a local
+    path."""
+    folder = os.path.join(source, subfolder) if subfolder else source
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise OSError(
+                f"{folder} has no config.json: it is not a saved model folder. Save a ScaleDown model there with "
+                "`model.save_pretrained(folder)` (or train one with `scaledown train`), or wrap a generator with "
+                "`ScaleDownForCausalLM.from_generator(...)`."
+            )
+        return
+    looks_local = os.path.isabs(source) or source.startswith(("~", ".")) or source.count("/") > 1
+    looks_local = looks_local or (os.sep != "/" and os.sep in source)
+    if looks_local or os.path.exists(source):
+        raise OSError(
+            f"{source}: no such folder. Give the folder of a saved ScaleDown model, or a hub id such as "
+            "`org/scaledown-mistral-8l`."
+        )

@@ -50,6 +50,13 @@ class DemoSettings:
     lr_scheduler_type: str = field(
         default="constant", metadata={"help": "Learning-rate schedule (paper: linear decay after a 5 % warmup)."}
     )
+    autoencoding_mix: float = field(
+        default=0.25,
+        metadata={
+            "help": "Share of training rows that auto-encode their top document (keeps the memory read; 0: OSCAR's "
+            "question answering only)."
+        },
+    )
     kl_weight: float = field(
         default=0.0, metadata={"help": "KL to the raw-document teacher's answer distribution (0: CE only, OSCAR)."}
     )
@@ -71,6 +78,9 @@ class DemoSettings:
     )
     device: str | None = field(default=None, metadata={"help": "e.g. cuda (default: cpu)."})
     seed: int = field(default=0, metadata={"help": "Seed of split, sampling and training."})
+    quickstart: bool = field(
+        default=False, metadata={"help": "Only wrap, compress, answer, save and reload (one minute)."}
+    )
 
 
 def _stage(name: str, timings: dict):
@@ -182,6 +192,7 @@ def run_demo(settings: DemoSettings) -> dict:
             raw_document_teacher=settings.kl_weight > 0 or settings.hidden_distillation_weight > 0,
             kl_weight=settings.kl_weight,
             hidden_distillation_weight=settings.hidden_distillation_weight,
+            autoencoding_mix=settings.autoencoding_mix,
             logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
             save_strategy="no",
             seed=settings.seed,

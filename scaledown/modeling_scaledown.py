@@ -2,7 +2,8 @@
 """ScaleDown: OSCAR online soft compression and reranking (Louis et al., 2025, arXiv:2504.07109) for fast RAG.
 
 This file is copied next to every saved checkpoint as Hub remote code: it imports only torch, transformers, the
-configuration file beside it and (guarded) peft.
+configuration and processing files beside it and (guarded) peft. The text side (tokenisation, prompts, compressor
+rows, input checks) lives in `processing_scaledown.py` ([`ScaleDownProcessor`]).
 """
 
 import contextlib
@@ -20,10 +21,28 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AddedToken, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, is_peft_available, logging
 
 from .configuration_scaledown import ScaleDownConfig
+from .processing_scaledown import (
+    COMPRESSOR_TOKENIZER_FOLDER,
+    TOKENIZER_HUB_KWARGS,
+    ScaleDownProcessor,
+    add_reserved_tokens,
+    build_compressor_inputs,
+    build_generator_inputs,
+    build_generator_prompt,
+    check_positive,
+    compressor_parts,
+    compressor_rows,
+    load_tokenizer,
+    max_compressor_length,
+    memory_segments,
+    pad_compressor_rows,
+    raw_document_segments,
+    validate_rag_inputs,
+)
 
 
 try:  # transformers >= 5: init functions that respect already-loaded weights
@@ -60,12 +79,6 @@ def _serialised(method):
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-_BACKGROUND_MARKER = "@@SCALEDOWN_BACKGROUND@@"
-_QUESTION_MARKER = "@@SCALEDOWN_QUESTION@@"
-_TOKENIZER_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
-COMPRESSOR_TOKENIZER_FOLDER = "compressor_tokenizer"
 
 
 @dataclass
@@ -122,29 +135,49 @@ class CompressedDocuments(list):
         self.rerank_scores = None if rerank_scores is None else list(rerank_scores)
 
 
-def validate_rag_inputs(questions, documents) -> None:
-    """Raise a `ValueError` naming the problem when `questions`/`documents` are not a list of strings and a list (of
-    the same length) of lists of strings."""
-    if isinstance(questions, str) or not isinstance(questions, Sequence):
-        raise ValueError(f"`questions` must be a list of strings, got {type(questions).__name__}.")
-    if len(questions) == 0:
-        raise ValueError("`questions` is empty: give at least one question.")
-    for i, question in enumerate(questions):
-        if not isinstance(question, str):
-            raise ValueError(f"questions[{i}] must be a string, got {type(question).__name__}.")
-    if isinstance(documents, str) or not isinstance(documents, Sequence):
-        raise ValueError(f"`documents` must be a list (one per question) of lists of strings, got {type(documents)}.")
-    if len(questions) != len(documents):
-        raise ValueError(
-            f"`questions` and `documents` must have the same length (one list of documents per question), got "
-            f"{len(questions)} questions and {len(documents)} document lists."
-        )
-    for i, docs in enumerate(documents):
-        if isinstance(docs, str) or not isinstance(docs, Sequence):
-            raise ValueError(f"documents[{i}] must be a list of strings, got {type(docs).__name__}.")
-        for j, doc in enumerate(docs):
-            if not isinstance(doc, str):
-                raise ValueError(f"documents[{i}][{j}] must be a string, got {type(doc).__name__}.")
+def has_native_bfloat16(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA card that supports it, or a CPU with AVX512-BF16 / AMX
+    (elsewhere bfloat16 matmuls are emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # private torch.cpu probes: absent ones count as unsupported
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """What `dtype="auto"` means for a ScaleDown model: bfloat16 where `device` computes in it natively, float16 on a
+    CUDA card without bfloat16, else float32."""
+    if has_native_bfloat16(device):
+        return torch.bfloat16
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def device_of_map(device_map) -> torch.device:
+    """The device that most of a model lands on under `from_pretrained`'s `device_map` (`None`: the CPU; `"auto"`: the
+    first CUDA card when there is one)."""
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = [d for d in device_map.values() if d not in ("cpu", "disk")]
+        device_map = devices[0] if devices else "cpu"
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    return torch.device(device_map)
+
+
+def resolve_auto_dtype(kwargs: dict) -> dict:
+    """`from_pretrained`-style `kwargs` with `dtype="auto"` (or `torch_dtype="auto"`) replaced by the [`fast_dtype`]
+    of the device that `device_map` points to; anything else is returned unchanged."""
+    if kwargs.get("dtype", kwargs.get("torch_dtype")) != "auto":
+        return kwargs
+    kwargs = {k: v for k, v in kwargs.items() if k != "torch_dtype"}
+    kwargs["dtype"] = fast_dtype(device_of_map(kwargs.get("device_map")))
+    return kwargs
 
 
 def _can_check(tensor: torch.Tensor) -> bool:
@@ -204,191 +237,6 @@ def _scatter_memory(hidden: torch.Tensor, placeholder: torch.Tensor, memory: tor
     return torch.where(placeholder.unsqueeze(-1), memory.to(hidden.device, hidden.dtype)[order], hidden)
 
 
-def _pad(sequences: list[list[int]], pad_id: int, side: str, length: int | None = None, fill: int | None = None):
-    """Pad lists of ids to one length; returns (ids, attention_mask) as long tensors."""
-    longest = max((len(s) for s in sequences), default=0)
-    length = longest if length is None else length
-    if longest > length:
-        raise ValueError(f"A sequence of {longest} tokens does not fit the fixed length {length}.")
-    fill = pad_id if fill is None else fill
-    ids, mask = [], []
-    for seq in sequences:
-        pad = [fill] * (length - len(seq))
-        ones, zeros = [1] * len(seq), [0] * len(pad)
-        ids.append(pad + list(seq) if side == "left" else list(seq) + pad)
-        mask.append(zeros + ones if side == "left" else ones + zeros)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-
-
-def _encode(tokenizer, texts: list[str], max_length: int | None = None, *, user_text: bool = True) -> list[list[int]]:
-    """Token ids of `texts`, without the tokenizer's own start/end tokens.
-
-    User text (questions, documents, answers: whatever a retriever or a user hands over) is tokenised with
-    `split_special_tokens=True`: the literal text of a special or reserved token (`<MEM>`, `<MEM_1>`, `<DOC>`, `<RR>`,
-    the chat template's `<|im_start|>`, ...) becomes ordinary text pieces, never the control token itself. Only text
-    rendered by the chat template (`user_text=False`) keeps its special tokens.
-    """
-    if not texts:
-        return []
-    kwargs = {"truncation": True, "max_length": max_length} if max_length else {}
-    if user_text:
-        kwargs["split_special_tokens"] = True
-    return tokenizer(list(texts), add_special_tokens=False, **kwargs)["input_ids"]
-
-
-def compressor_parts(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
-    """Per question, `(prefix, suffixes)`: the query prefix `[start][query][<DOC>]` shared by all its documents and,
-    per document, `[document][<MEM_1>..<MEM_l>]([<RR>])`. The query is truncated to `config.query_max_length` tokens
-    and each document to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token if any."""
-    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    start = [] if start is None else [start]
-    suffix = list(config.compressor_memory_token_ids)
-    if config.enable_reranking:
-        suffix.append(config.rerank_token_id)
-    query_ids = _encode(tokenizer, questions, config.query_max_length)
-    doc_ids = iter(_encode(tokenizer, [doc for docs in documents for doc in docs], config.doc_max_length))
-    return [
-        (start + query + [config.document_separator_token_id], [next(doc_ids) + suffix for _ in docs])
-        for query, docs in zip(query_ids, documents)
-    ]
-
-
-def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
-    """Token ids of every (question, document) pair, `[start][query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`,
-    question-major in document order (see [`compressor_parts`])."""
-    parts = compressor_parts(tokenizer, config, questions, documents)
-    return [prefix + suffix for prefix, suffixes in parts for suffix in suffixes]
-
-
-def max_compressor_length(tokenizer, config: ScaleDownConfig) -> int:
-    """The longest possible compressor row: the fixed length under which every batch has the same shape."""
-    start = int(tokenizer.cls_token_id is not None or tokenizer.bos_token_id is not None)
-    return (
-        start
-        + config.query_max_length
-        + 1
-        + config.doc_max_length
-        + config.num_memory_tokens
-        + config.enable_reranking
-    )
-
-
-def _pad_compressor_rows(
-    tokenizer, rows: list[list[int]], pad_to_length: int | None = None
-) -> dict[str, torch.Tensor]:
-    length = pad_to_length or (None if rows else 1)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids, mask = _pad(rows, pad_id, "right", length)
-    if not rows:
-        ids, mask = ids.view(0, length), mask.view(0, length)
-    return {"compressor_input_ids": ids, "compressor_attention_mask": mask}
-
-
-def build_compressor_inputs(
-    tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], pad_to_length=None
-) -> dict[str, torch.Tensor]:
-    """Tokenize every (question, document) pair (see [`compressor_rows`]) and right-pad the rows to the longest one,
-    or to `pad_to_length` for fixed shapes (e.g. [`max_compressor_length`]).
-
-    Returns:
-        `dict` with `compressor_input_ids` and `compressor_attention_mask`, both `(num_pairs, length)`.
-    """
-    return _pad_compressor_rows(tokenizer, compressor_rows(tokenizer, config, questions, documents), pad_to_length)
-
-
-def _render_prompt(tokenizer, system_prompt: str, with_background: bool) -> tuple[str, str, str]:
-    """Render the chat prompt around the background block and the question: returns the template text before the
-    background, between background and question, and after the question (the question and documents are inserted
-    as ids, so that the template never reads user text)."""
-    question = f"Question:{_QUESTION_MARKER}"
-    user = f"Background:\n{_BACKGROUND_MARKER}\n\n{question}" if with_background else question
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates without a system role (e.g. Mistral v0.2): fold it into the user turn
-            messages = [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = f"{tokenizer.bos_token or ''}{system_prompt}\n\n{user}\n\nAnswer:"
-    before, _, rest = text.partition(_BACKGROUND_MARKER) if with_background else ("", "", text)
-    middle, _, after = rest.partition(_QUESTION_MARKER)
-    return before, middle, after
-
-
-def build_generator_prompt(
-    tokenizer, config: ScaleDownConfig, question: str, document_segments: list[list[int]]
-) -> list[int]:
-    """Token ids of the generator's chat prompt for one question.
-
-    Each document contributes a `Document i:` header followed by its segment: `num_memory_tokens` `<MEM>`
-    placeholders for a compressed document, or the document's own tokens for the uncompressed baseline. With no
-    document the prompt holds the question alone. Built from ids (never by tokenizing placeholder text) so that the
-    placeholders cannot merge with neighbouring characters; the question is user text (see [`_encode`]): no reserved
-    or special token can arise from it.
-    """
-    before, middle, after = _render_prompt(tokenizer, config.system_prompt, bool(document_segments))
-    ids = _encode(tokenizer, [before], user_text=False)[0] if before else []
-    for i, segment in enumerate(document_segments):
-        ids += _encode(tokenizer, [f"{chr(10) if i else ''}Document {i + 1}: "], user_text=False)[0] + list(segment)
-    ids += _encode(tokenizer, [middle], user_text=False)[0] if middle else []
-    ids += _encode(tokenizer, [f" {question}"])[0]
-    return ids + _encode(tokenizer, [after], user_text=False)[0]
-
-
-def memory_segments(config: ScaleDownConfig, counts: list[int]) -> list[list[list[int]]]:
-    """Per question, per document, the `num_memory_tokens` `<MEM>` placeholders standing for a compressed document
-    (`counts`: documents per question)."""
-    placeholders = [config.memory_token_id] * config.num_memory_tokens
-    return [[placeholders] * count for count in counts]
-
-
-def raw_document_segments(tokenizer, config: ScaleDownConfig, documents: list[list[str]]) -> list[list[list[int]]]:
-    """Per question, per document, the document's own tokens (truncated to `config.doc_max_length`): the
-    uncompressed baseline's prompt."""
-    return [_encode(tokenizer, list(docs), config.doc_max_length) if docs else [] for docs in documents]
-
-
-def build_generator_inputs(
-    tokenizer,
-    config: ScaleDownConfig,
-    questions: list[str],
-    document_segments: list[list[list[int]]],
-    answers: list[str] | None = None,
-    padding_side: str = "left",
-    pad_to_length: int | None = None,
-    max_answer_length: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Batch of generator prompts (and, with `answers`, training labels).
-
-    Args:
-        document_segments: per question, per document, the ids standing for the document (see
-            [`build_generator_prompt`]).
-        answers: target answers; appended after the prompt with the tokenizer's EOS token. `labels` copy the answer
-            tokens and mask prompt, memory slots and padding with -100.
-        padding_side: `"left"` for generation, `"right"` for training.
-        pad_to_length: pad every row to this length (fixed shapes, e.g. for XLA) instead of the longest row.
-        max_answer_length: truncate answers to this many tokens (before the EOS token).
-
-    Returns:
-        `dict` with `input_ids`, `attention_mask` (and `labels`), each `(batch_size, length)`.
-    """
-    if answers is not None and len(answers) != len(questions):
-        raise ValueError(f"Got {len(answers)} answers for {len(questions)} questions.")
-    prompts = [build_generator_prompt(tokenizer, config, q, segs) for q, segs in zip(questions, document_segments)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if answers is None:
-        ids, mask = _pad(prompts, pad_id, padding_side, pad_to_length)
-        return {"input_ids": ids, "attention_mask": mask}
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    answer_ids = [a + eos for a in _encode(tokenizer, list(answers), max_answer_length)]
-    sequences = [p + a for p, a in zip(prompts, answer_ids)]
-    targets = [[-100] * len(p) + a for p, a in zip(prompts, answer_ids)]
-    ids, mask = _pad(sequences, pad_id, padding_side, pad_to_length)
-    labels, _ = _pad(targets, pad_id, padding_side, pad_to_length, fill=-100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def _make_contiguous(module, args):
     return (args[0].contiguous(), *args[1:]) if args and torch.is_tensor(args[0]) else None
 
@@ -416,6 +264,47 @@ def _hidden_size(config) -> int:
     return config.hidden_size
 
 
+class ScaleDownProjector(nn.Module):
+    """Maps the compressor's hidden states to the generator's width (`"encoder"`/`"llm"` compressors; OSCAR's 2-layer
+    MLP): `linear_2(act(linear_1(x)))`, as LLaVA's multimodal projector.
+
+    Args:
+        in_features (`int`): the compressor's hidden size.
+        hidden_features (`int`): width of the hidden layer (`config.projection_hidden_dim`, default: the generator's
+            hidden size).
+        out_features (`int`): the generator's hidden size.
+        hidden_act (`str`): activation (`config.projector_hidden_act`, a `transformers.activations` name).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, hidden_act: str = "relu"):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        self.linear_1 = nn.Linear(in_features, hidden_features)
+        self.act = ACT2FN[hidden_act]
+        self.linear_2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., in_features)` -> `(..., out_features)`."""
+        return self.linear_2(self.act(self.linear_1(hidden_states)))
+
+
+# Weight names of folders saved before the projector was a named module (`projection = nn.Sequential(...)`).
+_LEGACY_KEY_MAPPING = {r"^projection\.0\.": "projector.linear_1.", r"^projection\.2\.": "projector.linear_2."}
+
+
+def _rename_legacy_keys(state: dict) -> dict:
+    """`state` with the weight names of [`_LEGACY_KEY_MAPPING`] renamed."""
+    import re
+
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in _LEGACY_KEY_MAPPING.items():
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
 class ScaleDownSlotScorer(nn.Linear):
     """Score of every compressor position for `memory_slots="chunk_attention"`: each memory slot is the
     softmax(score)-weighted mean of its document chunk. Zero-initialised, so training starts from the plain means."""
@@ -432,7 +321,7 @@ class ScaleDownPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module):
-        """Initialise the projection, reranking head and slot scorer; generator and compressor initialise
+        """Initialise the projector, reranking head and slot scorer; generator and compressor initialise
         themselves."""
         if isinstance(module, ScaleDownSlotScorer):  # equal scores: chunk_attention starts as chunk_mean
             init.zeros_(module.weight)
@@ -448,7 +337,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     OSCAR-style retrieval-augmented generator with online, query-dependent soft compression of the documents.
 
     For every (query, document) pair the `compressor` reads `[query][<DOC>][document][<MEM_1>..<MEM_l>]([<RR>])`
-    and emits its hidden states at the memory positions (through `projection` for `"encoder"`/`"llm"`
+    and emits its hidden states at the memory positions (through `projector` for `"encoder"`/`"llm"`
     compressors); `rerank_head` scores the `<RR>` state. The `generator` (a causal LM with LoRA adapters) reads a chat
     prompt in which the embeddings of `<MEM>` placeholders are overwritten by those vectors, plus the question in clear
     text. Questions in a batch may have different numbers of documents, zero included (the answer then comes from the
@@ -469,6 +358,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         if generator is None:
             generator = AutoModelForCausalLM.from_config(config.get_generator_config(), dtype=dtype)
         self.generator = generator
+        config.generator_config = generator.config  # one object: resizing, dtype and attention stay in step
         if config.use_lora:
             self._inject_lora()
 
@@ -480,15 +370,18 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         if config.compressor_type == "n_layers" and not config.compressor_keep_final_norm:
             compressor.norm = nn.Identity()
         self.compressor = compressor
+        config.compressor_config = compressor.config
 
         compressor_width = _hidden_size(compressor_config)
         generator_width = _hidden_size(self.generator.config)
         if config.compressor_type == "n_layers":
-            self.projection = None
+            self.projector = None
         else:
-            hidden = config.projection_hidden_dim or generator_width
-            self.projection = nn.Sequential(
-                nn.Linear(compressor_width, hidden), nn.ReLU(), nn.Linear(hidden, generator_width)
+            self.projector = ScaleDownProjector(
+                compressor_width,
+                config.projection_hidden_dim or generator_width,
+                generator_width,
+                config.projector_hidden_act,
             )
         self.rerank_head = nn.Linear(compressor_width, 1) if config.enable_reranking else None
         self.slot_scorer = (
@@ -534,10 +427,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                     param._is_hf_initialized = True
 
     def _set_trainable(self):
-        """Freeze the generator except its LoRA adapters; compressor, projection and reranking head train fully."""
+        """Freeze the generator except its LoRA adapters; compressor, projector and reranking head train fully."""
         for name, param in self.generator.named_parameters():
             param.requires_grad = bool(self.config.use_lora) and "lora_" in name
-        for module in (self.compressor, self.projection, self.rerank_head, self.slot_scorer):
+        for module in (self.compressor, self.projector, self.rerank_head, self.slot_scorer):
             if module is not None:
                 module.requires_grad_(True)
 
@@ -563,7 +456,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         if size < needed:
             raise ValueError(f"A vocabulary of {size} tokens would drop ScaleDown's reserved tokens (ids up to "
                              f"{needed - 1}); resize to at least {needed}.")  # fmt: skip
-        self.config.generator_config["vocab_size"] = size
+        self.config.generator_config.vocab_size = size
         if self.config.compressor_type == "n_layers":
             compressor_embeddings = self.compressor.get_input_embeddings()
             old = compressor_embeddings.weight.shape[0]
@@ -604,11 +497,13 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 The compressor's tokenizer (`"encoder"`/`"llm"`); loaded from `compressor` when omitted.
             generator_kwargs, compressor_kwargs (`dict`, *optional*):
                 Extra `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...) when loading by name.
+                `dtype="auto"` is the device's fast dtype ([`fast_dtype`]): bfloat16 where the device
+                computes in it natively (recent CPUs with AVX512-BF16/AMX, most CUDA cards), else float32 on a CPU.
             config_kwargs:
                 Any [`ScaleDownConfig`] argument (`compressor_type`, `num_compressor_layers`, `enable_reranking`, ...).
         """
-        generator_kwargs = dict(generator_kwargs or {})
-        compressor_kwargs = dict(compressor_kwargs or {})
+        generator_kwargs = resolve_auto_dtype(dict(generator_kwargs or {}))
+        compressor_kwargs = resolve_auto_dtype(dict(compressor_kwargs or {}))
         if isinstance(generator, (str, os.PathLike)):
             name_or_path = str(generator)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
@@ -641,7 +536,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         tokenizer = copy.deepcopy(tokenizer)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        _add_special_tokens(tokenizer, [config.memory_token])
+        add_reserved_tokens(tokenizer, [config.memory_token])
 
         if config.compressor_type == "n_layers":
             compressor_tokenizer = tokenizer
@@ -665,7 +560,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 compressor = AutoModel.from_pretrained(str(source), **compressor_kwargs)
             else:
                 compressor = source
-        _add_special_tokens(compressor_tokenizer, compressor_tokens)
+        add_reserved_tokens(compressor_tokenizer, compressor_tokens)
 
         _grow_vocabulary(generator, len(tokenizer))
         config.memory_token_id = tokenizer.convert_tokens_to_ids(config.memory_token)
@@ -677,15 +572,13 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         )
         if config.enable_reranking:
             config.rerank_token_id = compressor_tokenizer.convert_tokens_to_ids(config.rerank_token)
-        config.generator_config = generator.config.to_dict()
-        config.generator_config.pop("transformers_version", None)
+        config.generator_config = generator.config
 
         if config.compressor_type == "n_layers":
             compressor = _copy_first_layers(generator, config)
         else:
             _grow_vocabulary(compressor, len(compressor_tokenizer))
-            config.compressor_config = compressor.config.to_dict()
-            config.compressor_config.pop("transformers_version", None)
+            config.compressor_config = compressor.config
         compressor.to(generator.device)
 
         model = cls(config, generator=generator, compressor=compressor)
@@ -720,7 +613,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         Hub model card (`README.md`), which needs the `scaledown` package. `push_to_hub=True` uploads the folder in
         one commit afterwards (see `push_to_hub`).
 
-        `adapter_only=True` writes a light export: compressor, projection, reranking head, the generator's LoRA
+        `adapter_only=True` writes a light export: compressor, projector, reranking head, the generator's LoRA
         adapters and its (extended) embeddings, with the base generator referenced by `config.generator_name_or_path`
         (a hub id, or a folder). It loads like a full export wherever that base generator is reachable or cached.
         """
@@ -758,10 +651,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             finally:
                 if adapter_only:
                     del self.config.adapter_only
-            if self.tokenizer is not None:
+            if self.tokenizer is not None and self.compressor_tokenizer is not None:
+                self.processor.save_pretrained(staging)  # both tokenizers + processor_config.json
+            elif self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
-            if self.compressor_tokenizer is not None and self.compressor_tokenizer is not self.tokenizer:
-                self.compressor_tokenizer.save_pretrained(os.path.join(staging, COMPRESSOR_TOKENIZER_FOLDER))
             if model_card:
                 writer = type(self).model_card_writer
                 if writer is None:
@@ -832,7 +725,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         weights = cached_file(path, "model.safetensors", subfolder=kwargs.get("subfolder", ""), **hub_kwargs)
         if not str(weights).endswith(".safetensors"):
             raise ValueError(f"{weights} is not a safetensors file.")
-        state = load_state_dict(weights, map_location="cpu")
+        state = _rename_legacy_keys(load_state_dict(weights, map_location="cpu"))
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Unexpected weights in {path}: {result.unexpected_keys[:5]}")
@@ -855,12 +748,23 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a ScaleDown checkpoint (weights, configuration and both tokenizers), eval mode, generator frozen
         except LoRA. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...). An
-        adapter-only export (`save_pretrained(..., adapter_only=True)`) loads its base generator first."""
-        hub_kwargs = {k: kwargs[k] for k in _TOKENIZER_HUB_KWARGS if k in kwargs}
+        adapter-only export (`save_pretrained(..., adapter_only=True)`) loads its base generator first.
+
+        `dtype="auto"` means the fast dtype of the device the model lands on ([`fast_dtype`]: bfloat16
+        where it computes in it natively, else float32 on a CPU), not the checkpoint's dtype: a folder trained in
+        float32 loads in bfloat16 on a CPU with AVX512-BF16/AMX. Without `dtype`, transformers' default applies."""
+        kwargs = resolve_auto_dtype(kwargs)
+        kwargs.setdefault("key_mapping", _LEGACY_KEY_MAPPING)  # older weight names load into today's modules
+        hub_kwargs = {k: kwargs[k] for k in TOKENIZER_HUB_KWARGS if k in kwargs}
         subfolder = kwargs.get("subfolder", "")
         config = kwargs.get("config")
-        if not isinstance(config, ScaleDownConfig) and pretrained_model_name_or_path is not None:
-            config = ScaleDownConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        # An Auto class hands over the config it loaded; `trust_remote_code` is for the Auto classes only (a config
+        # class given it warns that it is ignored).
+        if getattr(config, "model_type", None) != ScaleDownConfig.model_type and pretrained_model_name_or_path:
+            config_kwargs = {k: v for k, v in hub_kwargs.items() if k != "trust_remote_code"}
+            config = ScaleDownConfig.from_pretrained(
+                pretrained_model_name_or_path, subfolder=subfolder, **config_kwargs
+            )
         if getattr(config, "adapter_only", False):
             kwargs.pop("config", None)
             model = cls._from_adapter_only(str(pretrained_model_name_or_path), config, hub_kwargs, **kwargs)
@@ -871,22 +775,29 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         model._set_trainable()
         return model
 
+    @property
+    def processor(self) -> ScaleDownProcessor:
+        """The model's [`ScaleDownProcessor`]: its two tokenizers and its configuration, building every input from
+        text (what `generate_from_text`, `compress_documents`, the collators and the evaluation use)."""
+        self._check_tokenizers()
+        processor = self.__dict__.get("_processor")
+        if (
+            processor is None
+            or processor.tokenizer is not self.tokenizer
+            or processor.compressor_tokenizer is not self.compressor_tokenizer
+            or processor.config is not self.config
+        ):
+            processor = ScaleDownProcessor(self.tokenizer, self.compressor_tokenizer, self.config)
+            self.__dict__["_processor"] = processor
+        return processor
+
     def _load_tokenizers(self, name_or_path: str, subfolder: str, hub_kwargs: dict):
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder=subfolder, **hub_kwargs)
-        except (OSError, ValueError) as error:
-            logger.warning(f"No generator tokenizer loaded from {name_or_path}: {error}")
-            return
-        if self.config.compressor_type == "n_layers":
+        self.tokenizer = load_tokenizer(name_or_path, subfolder, hub_kwargs, self.config)
+        if self.tokenizer is None or self.config.compressor_type == "n_layers":
             self.compressor_tokenizer = self.tokenizer
             return
         compressor_folder = f"{subfolder}/{COMPRESSOR_TOKENIZER_FOLDER}" if subfolder else COMPRESSOR_TOKENIZER_FOLDER
-        try:
-            self.compressor_tokenizer = AutoTokenizer.from_pretrained(
-                name_or_path, subfolder=compressor_folder, **hub_kwargs
-            )
-        except (OSError, ValueError) as error:
-            logger.warning(f"No compressor tokenizer loaded from {name_or_path}/{compressor_folder}: {error}")
+        self.compressor_tokenizer = load_tokenizer(name_or_path, compressor_folder, hub_kwargs, self.config)
 
     # ------------------------------------------------------------------ compression
     def compress(
@@ -938,8 +849,8 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             )
         else:
             memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)
-        if self.projection is not None:
-            memory = self.projection(memory)
+        if self.projector is not None:
+            memory = self.projector(memory)
         scores = None
         if self.rerank_head is not None:
             is_rerank = input_ids == config.rerank_token_id
@@ -956,7 +867,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         out = self.compressor(input_ids=prefix_ids, use_cache=True)
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_repeat_interleave(len(suffixes))
-        inputs = _pad_compressor_rows(self.compressor_tokenizer, suffixes, length)
+        inputs = pad_compressor_rows(self.compressor_tokenizer, suffixes, length)
         ids, mask = inputs["compressor_input_ids"].to(device), inputs["compressor_attention_mask"].to(device)
         full_mask = torch.cat([mask.new_ones(len(suffixes), len(prefix)), mask], dim=1)
         positions = torch.arange(len(prefix), len(prefix) + ids.shape[1], device=device).expand(len(suffixes), -1)
@@ -1007,6 +918,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             and `.rerank_scores` (per question `(n_docs,)`) when reranking is enabled.
         """
         validate_rag_inputs(questions, documents)
+        check_positive(batch_size=batch_size, bucket_size=bucket_size)
         self._check_tokenizers()
         decoder = self.config.compressor_type != "encoder"
         tokenizer, device = self.compressor_tokenizer, next(self.compressor.parameters()).device
@@ -1035,7 +947,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 if reuse_query_prefix:
                     out = self._compress_after_prefix(parts[q][0], [rows[i] for i in chunk], length, device)
                 else:
-                    inputs = _pad_compressor_rows(tokenizer, [rows[i] for i in chunk], length)
+                    inputs = pad_compressor_rows(tokenizer, [rows[i] for i in chunk], length)
                     out = self.compress(**{k: v.to(device) for k, v in inputs.items()})
                 for position, index in enumerate(chunk):
                     score = out.rerank_scores[position] if out.rerank_scores is not None else None
@@ -1044,7 +956,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             memory = torch.stack([m for m, _ in outputs])
             scores = torch.stack([r for _, r in outputs]) if self.config.enable_reranking else None
         else:
-            empty = self.compress(**_pad_compressor_rows(tokenizer, [], 1))
+            empty = self.compress(**pad_compressor_rows(tokenizer, [], 1))
             memory, scores = empty.memory_embeddings, empty.rerank_scores
         counts = [len(docs) for docs in documents]
         return CompressedDocuments(memory.split(counts), scores.split(counts) if scores is not None else None)
@@ -1404,20 +1316,12 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         return self.generate_from_compressed(questions, compressed, **generate_kwargs)
 
 
-def _add_special_tokens(tokenizer, tokens: list[str]) -> None:
-    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
-
-
-# What a ScaleDown save writes (and so owns) in its folder: weights (one file or shards + index), configurations,
-# remote code, tokenizer files, the model card and the compressor's tokenizer folder.
 _OWNED_FILES = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "configuration_scaledown.py", "modeling_scaledown.py", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "README.md",
-    COMPRESSOR_TOKENIZER_FOLDER,
+    "model.safetensors.index.json", "configuration_scaledown.py", "modeling_scaledown.py", "processing_scaledown.py",
+    "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model",
+    "README.md", COMPRESSOR_TOKENIZER_FOLDER,
 )  # fmt: skip
 
 

@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent(
 def generate_in_fresh_process(
     folder, questions, documents, modules_cache, auto_class="AutoModelForCausalLM", **kwargs
 ):
-    """Run `generate_from_text` in a new interpreter that never imports `scaledown`, offline."""
+    """Run `generate_from_text` in a new interpreter that never imports `scaledown`, offline. Returns its answers, the
+    model class's module, whether `scaledown` was imported, and what it logged (`stderr`)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules_cache), "PYTHONPATH": ""}
     request = json.dumps({"questions": questions, "documents": documents, "kwargs": kwargs})
     result = subprocess.run(
@@ -38,4 +39,4 @@ def generate_in_fresh_process(
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "stderr": result.stderr}

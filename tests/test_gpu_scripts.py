@@ -33,7 +33,7 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
         "--tokenizer",
         str(smollm2_folder),
         "--variants",
-        "deep-attention",
+        "deep-attention-aemix",
         "--label-seconds",
         "3",
         "--train-seconds",
@@ -52,7 +52,7 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
     stages = report["stages"]
     assert set(stages) == {"prepare", "label", "train_evaluate", "speed"}
     assert stages["label"]["training_questions"] == stages["label"]["labelled"] > 0
-    summary = stages["train_evaluate"]["designs"]["deep-attention"]["summary"]
+    summary = stages["train_evaluate"]["designs"]["deep-attention-aemix"]["summary"]
     assert summary["steps"] >= 1
     assert summary["paired"]["questions"] == 4
     assert 0.0 <= summary["match_compressed"] <= 1.0

@@ -134,8 +134,9 @@ def test_push_uploads_everything_in_one_commit(folder):
     assert names == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][1]["private"] is True and api.calls[2][1]["revision"] == "v1"
     upload = api.calls[2][1]
-    assert {"model.safetensors", "config.json", "modeling_scaledown.py", "configuration_scaledown.py",
-            "tokenizer.json", "README.md"} <= set(upload["files"])  # fmt: skip
+    expected = {"model.safetensors", "config.json", "modeling_scaledown.py", "configuration_scaledown.py",
+                "processing_scaledown.py", "processor_config.json", "tokenizer.json", "README.md"}  # fmt: skip
+    assert expected <= set(upload["files"])
     assert '"org/scaledown-tiny"' in upload["readme"] and "0.2875" in upload["readme"]
     api = RecordingApi()
     push_folder(folder, "org/scaledown-tiny", create_pr=True, api=api)
@@ -159,6 +160,11 @@ def test_model_push_to_hub_goes_through_the_folder_upload(monkeypatch):
 def test_incomplete_folders_are_refused(tmp_path, folder):
     with pytest.raises(ValueError, match="not a folder"):
         check_folder(tmp_path / "missing")
+    processing = (folder / "processing_scaledown.py").read_bytes()
+    (folder / "processing_scaledown.py").unlink()  # the modeling file imports it
+    with pytest.raises(ValueError, match="processing_scaledown.py"):
+        check_folder(folder)
+    (folder / "processing_scaledown.py").write_bytes(processing)
     (folder / "modeling_scaledown.py").unlink()
     with pytest.raises(ValueError, match="modeling_scaledown.py"):
         check_folder(folder)
@@ -166,7 +172,7 @@ def test_incomplete_folders_are_refused(tmp_path, folder):
     (folder / "training_args.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="pickle"):
         check_folder(folder)
-    json.loads((folder / "config.json").read_text())
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "scaledown"  # refused, left untouched
 
 
 def test_adapter_only_export_references_the_base_generator(tmp_path, rag_batch):

@@ -17,3 +17,4 @@ def test_fresh_process_loads_with_trust_remote_code(tmp_path, rag_batch, variant
     assert result["answers"] == expected
     assert result["class_module"].startswith("transformers_modules")
     assert not result["scaledown_imported"]
+    assert "trust_remote_code" not in result["stderr"]  # no "... has no effect here and is ignored" noise

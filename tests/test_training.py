@@ -141,6 +141,57 @@ def test_collator_builds_the_raw_document_teacher_prompts():
     assert "teacher_input_ids" not in ScaleDownDataCollator.from_model(model)(rows(3))
 
 
+def test_collator_mixes_auto_encoding_rows_of_the_top_document():
+    """`autoencoding_mix`: the drawn rows read their top document without the query and target its text under the
+    pretraining instruction; the other rows are the usual question-answering rows, unchanged."""
+    from scaledown.training.collator import AUTOENCODING, INSTRUCTIONS
+
+    model = make_scaledown(enable_reranking=True)
+    data = rows(12)
+    plain = ScaleDownDataCollator.from_model(model)(data)
+    batch = ScaleDownDataCollator.from_model(model, autoencoding_mix=0.5, seed=3)(data)
+    assert "teacher_scores" not in batch  # no relevance target for an auto-encoding row
+    decode = model.tokenizer.decode
+    mixed = 0
+    for i, row in enumerate(data):
+        labels = batch["labels"][i]
+        target = decode(labels[labels != -100][:-1])
+        prompt = decode(batch["input_ids"][i][batch["attention_mask"][i].bool()])
+        if target == row["teacher_answer"]:
+            same_row = plain["input_ids"][i][plain["attention_mask"][i].bool()]
+            assert torch.equal(batch["input_ids"][i][batch["attention_mask"][i].bool()], same_row)
+            assert row["question"] in prompt
+            continue
+        mixed += 1
+        assert target == row["documents"][0] and INSTRUCTIONS[AUTOENCODING] in prompt
+        assert row["question"] not in prompt
+        assert (batch["input_ids"][i] == model.config.memory_token_id).sum() == model.config.num_memory_tokens
+    assert 0 < mixed < len(data)
+    memory_rows = (batch["input_ids"] == model.config.memory_token_id).sum() // model.config.num_memory_tokens
+    assert batch["compressor_input_ids"].shape[0] == memory_rows  # one compressed document per memory block
+    compressor_text = [
+        decode(r[m.bool()]) for r, m in zip(batch["compressor_input_ids"], batch["compressor_attention_mask"])
+    ]
+    assert sum("question" not in t for t in compressor_text) == mixed  # the auto-encoded documents: no query
+    with pytest.raises(ValueError, match="autoencoding_mix"):
+        ScaleDownDataCollator.from_model(model, autoencoding_mix=1.5)
+    with pytest.raises(ValueError, match="autoencoding_mix"):
+        ScaleDownTrainingArguments(output_dir="unused", autoencoding_mix=-0.1)
+
+
+def test_auto_encoding_target_is_what_the_compressor_reads():
+    model = make_scaledown()
+    model.config.doc_max_length, model.config.compression_rate = 16, 2
+    long = " ".join(f"word{i}" for i in range(200))
+    batch = ScaleDownDataCollator.from_model(model, autoencoding_mix=1.0)([{"question": "q?", "documents": [long]}])
+    labels = batch["labels"][0]
+    target = model.tokenizer.decode(labels[labels != -100][:-1])
+    assert (
+        long.startswith(target)
+        and len(model.compressor_tokenizer(target, add_special_tokens=False)["input_ids"]) == 16
+    )
+
+
 @pytest.mark.parametrize("deep", [False, True], ids=["input-memory", "deep-memory"])
 def test_dense_distillation_from_the_raw_document_teacher_trains(tmp_path, deep):
     """KL + hidden-state terms against the base generator reading the raw documents: logged, lowered by training,
@@ -403,3 +454,38 @@ def test_two_process_ddp_training_saves_a_loadable_model(tmp_path, generator_fol
     assert state["global_step"] == 3 and state["epoch"] == pytest.approx(0.5)
     model = ScaleDownForCausalLM.from_pretrained(output)
     assert len(model.generate_from_text(["q?"], [["Paris."]], max_new_tokens=2)) == 1
+
+
+def test_one_parser_serves_every_command(tmp_path):
+    """train, pretrain, label, prepare-data and demo: one `ScaleDownParser` (YAML/JSON file, then --key value
+    overrides, dash or underscore spellings, repeated list options collected)."""
+    from scaledown.demo import DemoSettings
+    from scaledown.training.arguments import ScaleDownParser
+    from scaledown.training.data import PrepareDataArguments
+    from scaledown.training.labeling import LabelArguments
+
+    config = tmp_path / "prep.yaml"
+    config.write_text("source: [squad:a.json]\ntokenizer: tok\noutput: out\ndoc_max_length: 64\n")
+    parser = ScaleDownParser((PrepareDataArguments,))
+    (args,) = parser.parse_args_and_config([str(config), "--eval-top-k", "3", "--source", "squad:b.json", "c.jsonl"])
+    assert (args.doc_max_length, args.eval_top_k, args.source) == (64, 3, ["squad:b.json", "c.jsonl"])
+    (args,) = ScaleDownParser((PrepareDataArguments,)).parse_args_and_config(
+        ["--source", "a", "--tokenizer", "t", "--source", "b", "--output", "o", "--max_train_questions", "5"]
+    )
+    assert args.source == ["a", "b"] and args.max_train_questions == 5
+    with pytest.raises(ValueError, match="`--source` is required"):
+        ScaleDownParser((PrepareDataArguments,)).parse_args_and_config(["--tokenizer", "t", "--output", "o"])
+
+    (label,) = ScaleDownParser((LabelArguments,)).parse_args_and_config(
+        ["--data", "d", "--output", "o", "--teacher", "t", "--no-scores", "--splits", "train", "test"]
+    )
+    assert label.no_scores is True and label.splits == ["train", "test"] and label.batch_size == 8
+
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps({"train_questions": 12, "enable_reranking": False}))
+    (settings,) = ScaleDownParser((DemoSettings,)).parse_args_and_config([str(demo), "--epochs", "2"])
+    assert (settings.train_questions, settings.enable_reranking, settings.epochs) == (12, False, 2.0)
+    demo.write_text(json.dumps({"train_question": 12}))
+    with pytest.raises(ValueError, match=r"unknown settings \['train_question'\]"):
+        ScaleDownParser((DemoSettings,)).parse_args_and_config([str(demo)])
+    assert "% warmup" in ScaleDownParser((DemoSettings,)).parser.format_help()  # a help with "%" still formats

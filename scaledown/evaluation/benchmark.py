@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
+from ..modeling_scaledown import fast_dtype
+from ..processing_scaledown import check_positive
+
 
 logger = logging.get_logger(__name__)
 
@@ -75,7 +78,7 @@ def decoder_flops(config, layers: int, prefix: int, lengths: list[int], new_toke
 def analytic_flops(model, questions, documents, new_tokens: int) -> dict:
     """FLOPs of the compressed and uncompressed systems for one batch (decoder compressors; encoders approximated
     with their own layer count and width)."""
-    from ..modeling_scaledown import build_generator_inputs, compressor_parts, memory_segments, raw_document_segments
+    from ..processing_scaledown import build_generator_inputs, compressor_parts, memory_segments, raw_document_segments
 
     config = model.config
     generator_config = model.generator.config
@@ -169,23 +172,12 @@ class PeakMemory:
         return False
 
 
-def has_native_bfloat16(device: torch.device | str = "cpu") -> bool:
-    """Whether `device` computes in bfloat16 natively: a CUDA card that supports it, or a CPU with AVX512-BF16 / AMX
-    (elsewhere bfloat16 matmuls are emulated and slower than float32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # private torch.cpu probes: absent ones count as unsupported
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
 def resolve_dtype(dtype: str | None, device: str | None) -> str | None:
-    """`"auto"`: bfloat16 where the device computes in it natively (how one would deploy), else float32; `None`: the
-    checkpoint's dtype; otherwise the name given (`"float32"`, `"bfloat16"`, ...), checked."""
+    """`"auto"`: the device's fast dtype (`fast_dtype` of the modeling file: bfloat16 where it computes in it
+    natively, how one would deploy; float32 on other CPUs); `None`: the checkpoint's dtype; otherwise the name given
+    (`"float32"`, `"bfloat16"`, ...), checked."""
     if dtype == "auto":
-        return "bfloat16" if has_native_bfloat16(device or "cpu") else "float32"
+        return str(fast_dtype(device or "cpu")).replace("torch.", "")
     if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}: use 'auto' or a torch dtype name such as 'float32', 'bfloat16'.")
     return dtype
@@ -245,6 +237,8 @@ def run_benchmark(
     measure_memory: bool = True,
     profile_flops: bool = True,
 ) -> dict:
+    check_positive(batch_sizes=list(batch_sizes), repetitions=repetitions, num_documents=num_documents,
+                   query_tokens=query_tokens, new_tokens=new_tokens)  # fmt: skip
     dtype = resolve_dtype(dtype, device)
     model = _load(model_path, dtype, device)
     device = next(model.parameters()).device
@@ -410,7 +404,7 @@ def _user_compressed(model, questions, documents, tokens):
 
 
 def _user_uncompressed(plain, tokenizer, config, questions, documents, tokens):
-    from ..modeling_scaledown import build_generator_inputs, raw_document_segments
+    from ..processing_scaledown import build_generator_inputs, raw_document_segments
 
     segments = raw_document_segments(tokenizer, config, documents)
     inputs = build_generator_inputs(tokenizer, config, questions, segments, padding_side="left")
@@ -485,6 +479,8 @@ def run_user_benchmark(
         model_path: a saved ScaleDown folder (or hub id).
         generator: the base generator to compare with (default: the folder's `generator_name_or_path`).
     """
+    check_positive(batch_sizes=list(batch_sizes), repetitions=repetitions, num_documents=num_documents,
+                   query_tokens=query_tokens, new_tokens=new_tokens)  # fmt: skip
     settings = {
         "path": "user",
         "num_documents": num_documents,

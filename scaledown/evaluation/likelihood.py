@@ -13,6 +13,7 @@ import contextlib
 
 import torch
 
+from ..processing_scaledown import check_positive
 from .text import mean_and_stderr
 
 
@@ -38,7 +39,8 @@ def answer_nll(
     Returns:
         `list[float]`, one value per question.
     """
-    from ..modeling_scaledown import (
+    check_positive(batch_size=batch_size)
+    from ..processing_scaledown import (
         build_generator_inputs,
         memory_segments,
         raw_document_segments,
@@ -125,6 +127,7 @@ def document_gain(
         foreign documents and the document gain (mean ± standard error over questions), and `gain_share` (compressed
         gain / uncompressed gain). Rows without gold answers are skipped.
     """
+    check_positive(num_documents=num_documents, batch_size=batch_size)
     rows = [r for r in rows if r.get("gold_answers")]
     if len(rows) < 2:
         raise ValueError("The document gain needs at least two questions with gold answers.")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..processing_scaledown import check_positive
 from . import load_metric
 from .text import match as match_one
 from .text import mean_and_stderr
@@ -61,7 +62,8 @@ def evaluate_model(
     self-distillation) the uncompressed answers serve as the teacher's. With `with_document_gain`, also how much the
     documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]).
     """
-    from ..modeling_scaledown import validate_rag_inputs
+    check_positive(batch_size=batch_size, num_documents=num_documents)
+    from ..processing_scaledown import validate_rag_inputs
 
     generate_kwargs.setdefault("max_new_tokens", 32)
     generate_kwargs.setdefault("do_sample", False)
@@ -146,6 +148,7 @@ def evaluate_folder(
     **kwargs,
 ) -> dict:
     """Load a ScaleDown folder and a dataset saved by `prepare-data`/`label`, evaluate, optionally write JSON."""
+    check_positive(max_questions=max_questions)
     from datasets import DatasetDict, load_from_disk
 
     from ..modeling_scaledown import ScaleDownForCausalLM

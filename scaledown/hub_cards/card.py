@@ -112,7 +112,7 @@ def _body(config: dict, run: dict | None, repo: str, generator: str) -> str:
         f"the first {config['num_compressor_layers']} layers of the generator (a separate, fully trained copy"
         f"{', final norm kept' if config.get('compressor_keep_final_norm') else ', final norm dropped'})"
         if config["compressor_type"] == "n_layers"
-        else f"`{config.get('compressor_name_or_path')}` ({config['compressor_type']}) + a 2-layer MLP projection"
+        else f"`{config.get('compressor_name_or_path')}` ({config['compressor_type']}) + a 2-layer MLP projector"
     )
     lines = [
         f"# {Path(repo).name}",

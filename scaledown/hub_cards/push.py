@@ -20,6 +20,9 @@ def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder.")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    modeling = folder / "modeling_scaledown.py"
+    if modeling.is_file() and "from .processing_scaledown import" in modeling.read_text(encoding="utf-8"):
+        missing += [] if (folder / "processing_scaledown.py").is_file() else ["processing_scaledown.py"]
     if not any(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:

@@ -30,19 +30,18 @@ class ScaleDownArgumentsMixin:
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation returns the distillation loss only (use `scaledown evaluate`)."}
     )
-    learning_rate_generator: float | None = field(
-        default=None,
-        metadata={"help": "Learning rate of the generator's LoRA adapters (default: model config, 1e-4)."},
+    learning_rate_generator: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the generator's LoRA adapters (OSCAR: 1e-4)."}
     )
     learning_rate_compressor: float | None = field(
         default=None,
         metadata={
-            "help": "Learning rate of compressor, projection and reranking head (default: model config; 5e-5 for an "
-            "N-layers compressor, 1e-4 otherwise)."
+            "help": "Learning rate of compressor, projector, reranking head and slot scorer (default: OSCAR's, 5e-5 "
+            "for an N-layers compressor, 1e-4 for an encoder or LLM compressor)."
         },
     )
-    reranking_loss_weight: float | None = field(
-        default=None, metadata={"help": "Weight of the reranking MSE (default: model config, 0.05)."}
+    reranking_loss_weight: float = field(
+        default=0.05, metadata={"help": "Weight of the reranking MSE in the distillation loss (OSCAR: 0.05)."}
     )
     kl_weight: float = field(
         default=0.0, metadata={"help": "Weight of a token-level KL to teacher logits, when batches carry them."}
@@ -67,6 +66,14 @@ class ScaleDownArgumentsMixin:
         default="teacher_answer",
         metadata={"help": "Dataset column with the target answer (teacher_answer, gold_answers)."},
     )
+    autoencoding_mix: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of training rows turned into auto-encoding rows of their top document (the compressor "
+            "reads it without the query, the generator reconstructs it from the memory): keeps the memory read "
+            "while the generator learns to answer. 0 = OSCAR's recipe."
+        },
+    )
     num_train_documents: int = field(default=5, metadata={"help": "Top documents per query used in training."})
     max_answer_length: int = field(default=128, metadata={"help": "Answer tokens kept as targets."})
     pad_to_fixed_length: bool = field(
@@ -89,7 +96,7 @@ class ScaleDownArgumentsMixin:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value}.")
-        if self.reranking_loss_weight is not None and self.reranking_loss_weight < 0:
+        if self.reranking_loss_weight < 0:
             raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
         if self.kl_weight < 0:
             raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
@@ -101,6 +108,8 @@ class ScaleDownArgumentsMixin:
             raise ValueError(f"`kl_temperature` must be positive, got {self.kl_temperature}.")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}.")
+        if not 0.0 <= self.autoencoding_mix <= 1.0:
+            raise ValueError(f"`autoencoding_mix` must be in [0, 1], got {self.autoencoding_mix}.")
         if self.num_train_documents < 1:
             raise ValueError(f"`num_train_documents` must be >= 1, got {self.num_train_documents}.")
         if self.max_answer_length < 1:
@@ -123,9 +132,97 @@ class ScaleDownArgumentsMixin:
 class ScaleDownTrainingArguments(ScaleDownArgumentsMixin, TrainingArguments):
     """
     Training arguments of [`ScaleDownTrainer`]. Defaults follow OSCAR: AdamW, linear schedule, warmup 5%, weight decay
-    0.1, max grad norm 1.0, one epoch, 5 documents per query. The learning rates of the generator's LoRA adapters and
-    of the compressor (+ projection + reranking head) come from the model's configuration (1e-4; 5e-5 for an N-layers
-    compressor) unless given here; `learning_rate` itself is then unused.
+    0.1, max grad norm 1.0, one epoch, 5 documents per query, learning rates 1e-4 for the generator's LoRA adapters
+    and 5e-5 (N-layers compressor; 1e-4 for an encoder or LLM) for the compressor side, reranking weight 0.05. The
+    training policy lives here only, never in the model's configuration; `learning_rate` itself is unused.
     """
 
     _base_has_warmup_ratio: ClassVar[bool] = "warmup_ratio" in {f.name for f in fields(TrainingArguments)}
+
+
+class ScaleDownParser:
+    """The one argument parser of the `scaledown` commands (`train`, `pretrain`, `label`, `prepare-data`, `demo`):
+    `HfArgumentParser` over their dataclasses, fed, as TRL's `TrlParser` does, by an optional JSON/YAML file whose
+    values the command line overrides (`[CONFIG.json|.yaml] [--key value ...]`). Every `--key_name` is also accepted
+    as `--key-name`; a list option given several times (`--source a --source b`) collects all its values.
+
+    Args:
+        dataclass_types: the dataclasses to fill, in order.
+        prog (`str`, *optional*): program name shown in `--help`.
+    """
+
+    def __init__(self, dataclass_types, prog: str | None = None):
+        from transformers import HfArgumentParser
+
+        self.parser = HfArgumentParser(dataclass_types, prog=prog)
+        for action in list(self.parser._actions):  # dash spellings of every underscore option
+            if action.help and "%" in action.help and "%(" not in action.help:
+                action.help = action.help.replace("%", "%%")  # argparse formats help strings with %
+            for option in list(action.option_strings):
+                dashed = option.replace("_", "-")
+                if option.startswith("--") and dashed != option and dashed not in self.parser._option_string_actions:
+                    action.option_strings.append(dashed)
+                    self.parser._option_string_actions[dashed] = action
+
+    def parse(self, argv: list[str], defaults: dict | None = None, source: str = "the configuration"):
+        """Fill the dataclasses from `defaults` (e.g. a file's values, checked against the known options) overridden
+        by `argv`. Returns a tuple of dataclass instances."""
+        known = {action.dest for action in self.parser._actions}
+        if defaults:
+            unknown = sorted(set(defaults) - known)
+            if unknown:
+                raise ValueError(f"{source}: unknown settings {unknown}.")
+            self.parser.set_defaults(**defaults)
+            for action in self.parser._actions:  # values given by the file satisfy required arguments
+                if action.dest in defaults:
+                    action.required = False
+        return self.parser.parse_args_into_dataclasses(args=self._collect_lists(argv))
+
+    def parse_args_and_config(self, argv: list[str]):
+        """`[CONFIG.json|.yaml] [--key value ...]` (see the class doc). Returns a tuple of dataclass instances."""
+        argv = list(argv)
+        path = argv.pop(0) if argv and argv[0].endswith((".json", ".yaml", ".yml")) else None
+        return self.parse(argv, read_config_file(path) if path else None, source=str(path))
+
+    def _collect_lists(self, argv: list[str]) -> list[str]:
+        """Merge repeated list options (`nargs="+"`) into one, so that `--source a --source b` keeps both."""
+        lists = {o for a in self.parser._actions if a.nargs in ("+", "*") for o in a.option_strings}
+        merged, seen = [], {}
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg in lists:
+                action = self.parser._option_string_actions[arg]
+                values = []
+                i += 1
+                while i < len(argv) and not argv[i].startswith("--"):
+                    values.append(argv[i])
+                    i += 1
+                if action.dest in seen:
+                    merged[seen[action.dest]].extend(values)
+                else:
+                    seen[action.dest] = len(merged)
+                    merged.append([arg, *values])
+                continue
+            merged.append([arg])
+            i += 1
+        return [token for group in merged for token in group]
+
+
+def read_config_file(path: str) -> dict:
+    """The settings of a JSON or YAML configuration file (a mapping), with a clear error when it is missing."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Configuration file {path} does not exist.")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of settings, got {type(values).__name__}.")
+    return values

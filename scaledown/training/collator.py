@@ -1,17 +1,25 @@
 """Data collator: rows -> query-dependent compressor inputs + generator prompts with memory slots + labels."""
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 import torch
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import (
+from ..processing_scaledown import (
     build_compressor_inputs,
     build_generator_inputs,
     max_compressor_length,
     memory_segments,
     raw_document_segments,
 )
+
+
+AUTOENCODING, CONTINUATION = "autoencoding", "continuation"
+INSTRUCTIONS = {
+    AUTOENCODING: "Repeat the background document word for word.",
+    CONTINUATION: "Continue the background document with the text that follows it.",
+}
 
 
 class FromModelMixin:
@@ -48,6 +56,11 @@ class ScaleDownDataCollator(FromModelMixin):
             `teacher_attention_mask`: the same prompt and answer with the documents as text (each truncated to
             `doc_max_length` tokens), for dense distillation (see `ScaleDownTrainingArguments.kl_weight` and
             `hidden_distillation_weight`).
+        autoencoding_mix (`float`): share of rows, drawn at random per batch, that become auto-encoding rows: the
+            compressor reads the row's top document with an empty query and the generator, given the auto-encoding
+            instruction of `scaledown pretrain`, reconstructs it from the memory alone. Keeps the memory path read
+            while the generator learns to answer (README, *Reading the memory*). Rows are otherwise unchanged.
+        seed (`int`): seed of the draw of auto-encoding rows.
     """
 
     tokenizer: object
@@ -60,10 +73,18 @@ class ScaleDownDataCollator(FromModelMixin):
     pad_to_fixed_length: bool = False
     max_prompt_length: int | None = None
     raw_document_teacher: bool = False
+    autoencoding_mix: float = 0.0
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
         if self.pad_to_fixed_length and self.max_documents is None:
             raise ValueError("`pad_to_fixed_length` needs `max_documents`.")
+        if not 0.0 <= self.autoencoding_mix <= 1.0:
+            raise ValueError(f"`autoencoding_mix` must be in [0, 1], got {self.autoencoding_mix}.")
+        if self.autoencoding_mix > 0 and self.pad_to_fixed_length:
+            raise ValueError("`autoencoding_mix` changes the number of documents per row: not with fixed shapes.")
+        self._rng = random.Random(self.seed)
 
     def fit(self, rows, multiple: int = 64, batch_size: int = 256) -> "ScaleDownDataCollator":
         """Check, before training starts, that every row fits the fixed shapes (a failure inside an XLA data-loader
@@ -105,7 +126,7 @@ class ScaleDownDataCollator(FromModelMixin):
         return build_generator_inputs(
             self.tokenizer,
             self.config,
-            [row["question"] for row in rows],
+            [INSTRUCTIONS[AUTOENCODING] if row.get(AUTOENCODING) else row["question"] for row in rows],
             segments,
             answers=[self._answer(row, i) for i, row in enumerate(rows)],
             padding_side="right",
@@ -114,6 +135,8 @@ class ScaleDownDataCollator(FromModelMixin):
         )
 
     def _answer(self, row: dict, index: int) -> str:
+        if row.get(AUTOENCODING):
+            return row["documents"][0]
         if self.answer_field not in row:
             raise ValueError(
                 f"Row {index} has no `{self.answer_field}` column: label the data with `scaledown label`, or choose "
@@ -126,8 +149,27 @@ class ScaleDownDataCollator(FromModelMixin):
             raise ValueError(f"Row {index}: `{self.answer_field}` must be a string, got {type(answer).__name__}.")
         return answer
 
+    def _autoencoding_row(self, row: dict, index: int) -> dict:
+        """The row as an auto-encoding row: its top document, cut to the `doc_max_length` compressor tokens that the
+        compressor reads, is the target."""
+        documents = list(row["documents"])
+        if not documents:
+            raise ValueError(f"Row {index} has no documents to auto-encode.")
+        tokenizer = self.compressor_tokenizer
+        encoded = tokenizer(
+            documents[0], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=tokenizer.is_fast
+        )
+        ids, offsets = encoded["input_ids"][: self.config.doc_max_length], encoded.get("offset_mapping")
+        text = documents[0][: offsets[len(ids) - 1][1]] if offsets and ids else tokenizer.decode(ids)
+        return {"question": "", "documents": [text], AUTOENCODING: True}
+
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         config = self.config
+        if self.autoencoding_mix > 0:
+            rows = [
+                self._autoencoding_row(row, i) if self._rng.random() < self.autoencoding_mix else row
+                for i, row in enumerate(rows)
+            ]
         questions = [row["question"] for row in rows]
         documents = [list(row["documents"])[: self.max_documents] for row in rows]
         compressor_length = None
@@ -145,7 +187,7 @@ class ScaleDownDataCollator(FromModelMixin):
                 teacher["input_ids"],
                 teacher["attention_mask"],
             )
-        if config.enable_reranking and all(self.scores_field in row for row in rows):
+        if config.enable_reranking and all(self.scores_field in row and not row.get(AUTOENCODING) for row in rows):
             scores = []
             for i, (row, docs) in enumerate(zip(rows, documents)):
                 row_scores = list(row[self.scores_field])[: len(docs)]

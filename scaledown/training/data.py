@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
+from ..processing_scaledown import check_text
+
 
 logger = logging.get_logger(__name__)
 
@@ -58,15 +60,25 @@ def read_squad(path: str | os.PathLike) -> list[QARecord]:
         raise DataFormatError(f"{path}: a SQuAD file needs a top-level `data` list.")
     records = []
     for a, article in enumerate(payload["data"]):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict):
+            raise DataFormatError(f"{where} must be an object with `paragraphs`, got {type(article).__name__}.")
         title = str(article.get("title", f"article-{a}"))
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            context = paragraph.get("context")
+        for p, paragraph in enumerate(_squad_list(article, "paragraphs", where)):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            context = paragraph.get("context") if isinstance(paragraph, dict) else None
             if not isinstance(context, str):
-                raise DataFormatError(f"{path}: data[{a}].paragraphs[{p}] has no `context` string.")
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                if not isinstance(qa.get("question"), str):
-                    raise DataFormatError(f"{path}: data[{a}].paragraphs[{p}].qas[{q}] has no `question` string.")
-                answers = [ans["text"] for ans in qa.get("answers", []) if isinstance(ans.get("text"), str)]
+                raise DataFormatError(f"{where} has no `context` string.")
+            check_text(context, f"{where}.context", DataFormatError)
+            for q, qa in enumerate(_squad_list(paragraph, "qas", where)):
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+                    raise DataFormatError(f"{where}.qas[{q}] has no `question` string.")
+                check_text(qa["question"], f"{where}.qas[{q}].question", DataFormatError)
+                answers = [
+                    ans["text"]
+                    for ans in _squad_list(qa, "answers", f"{where}.qas[{q}]")
+                    if isinstance(ans, dict) and isinstance(ans.get("text"), str)
+                ]
                 records.append(
                     QARecord(
                         id=str(qa.get("id", f"{a}-{p}-{q}")),
@@ -79,6 +91,14 @@ def read_squad(path: str | os.PathLike) -> list[QARecord]:
     return records
 
 
+def _squad_list(obj: dict, key: str, where: str) -> list:
+    """`obj[key]` as a list (absent: empty), or a `DataFormatError` naming where it is not one."""
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise DataFormatError(f"{where}.{key} must be a list, got {type(value).__name__}.")
+    return value
+
+
 def _record_from_mapping(obj: dict, where: str, index: int) -> QARecord:
     if not isinstance(obj, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
@@ -88,6 +108,9 @@ def _record_from_mapping(obj: dict, where: str, index: int) -> QARecord:
     documents = obj.get("documents")
     if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
         raise DataFormatError(f"{where}: `documents` must be a list of strings.")
+    check_text(question, f"{where}: `query`", DataFormatError)
+    for j, document in enumerate(documents):
+        check_text(document, f"{where}: documents[{j}]", DataFormatError)
     answer = obj.get("answer")
     if answer is not None and not isinstance(answer, (str, list)):
         raise DataFormatError(f"{where}: `answer` must be a string or a list of strings.")
@@ -342,6 +365,35 @@ def save_dataset_atomically(dataset_dict, output_dir: str | os.PathLike) -> Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
+
+
+@dataclass
+class PrepareDataArguments:
+    """`scaledown prepare-data`: QA data -> chunks -> retrieval -> dataset on disk (see [`prepare_data`])."""
+
+    source: list[str] = field(
+        default_factory=list, metadata={"help": "squad:PATH, jsonl:PATH or a path; several allowed."}
+    )
+    tokenizer: str = field(default=None, metadata={"help": "Generator tokenizer (hub id or folder) for chunking."})
+    output: str = field(default=None, metadata={"help": "Output folder (datasets save_to_disk, written atomically)."})
+    doc_max_length: int = field(default=128, metadata={"help": "Tokens per document chunk."})
+    train_top_k: int = field(default=5, metadata={"help": "Documents retrieved per training question."})
+    eval_top_k: int = field(default=10, metadata={"help": "Documents retrieved per held-out question."})
+    held_out_fraction: float = field(default=0.2, metadata={"help": "Share of articles held out."})
+    max_train_questions: int | None = field(default=None, metadata={"help": "Sample at most this many train ones."})
+    max_eval_questions: int | None = field(default=None, metadata={"help": "Sample at most this many held-out ones."})
+    retrieve: str = field(default="auto", metadata={"help": "Retrieval mode: auto, pool or own."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split and the sampling."})
+    retriever: str = field(default="bm25", metadata={"help": "bm25, or dense:<sentence encoder folder or hub id>."})
+
+    def __post_init__(self):
+        if not self.source:
+            raise ValueError("`--source` is required (squad:PATH, jsonl:PATH or a path).")
+        for name in ("tokenizer", "output"):
+            if not getattr(self, name):
+                raise ValueError(f"`--{name}` is required.")
+        if self.retrieve not in ("auto", "pool", "own"):
+            raise ValueError(f"`--retrieve` must be auto, pool or own, got {self.retrieve!r}.")
 
 
 def prepare_data(

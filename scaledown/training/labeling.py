@@ -14,13 +14,14 @@ ends with every row labelled exactly once; the final dataset is written atomical
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import build_generator_inputs, raw_document_segments
+from ..processing_scaledown import build_generator_inputs, check_positive, raw_document_segments
 from .data import save_dataset_atomically, sentence_embeddings
 
 
@@ -226,6 +227,31 @@ def _check_journal(journal_dir: Path, fingerprint: dict, overwrite: bool) -> Non
     os.replace(tmp, path)
 
 
+@dataclass
+class LabelArguments:
+    """`scaledown label`: teacher answers and relevance scores for a prepared dataset (see [`label_dataset`])."""
+
+    data: str = field(default=None, metadata={"help": "Folder written by prepare-data."})
+    output: str = field(default=None, metadata={"help": "Output folder (written atomically at the end)."})
+    teacher: str = field(default=None, metadata={"help": "Teacher causal LM (hub id or folder), e.g. the generator."})
+    cross_encoder: str | None = field(default=None, metadata={"help": "Relevance cross-encoder (else the teacher)."})
+    batch_size: int = field(default=8, metadata={"help": "Questions per teacher batch."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Teacher answer length."})
+    splits: list[str] | None = field(default=None, metadata={"help": "Splits to label (default: all)."})
+    doc_max_length: int = field(default=128, metadata={"help": "Document tokens the teacher reads."})
+    compression_rate: int = field(default=16, metadata={"help": "Only to build a consistent config."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (default: ScaleDown's)."})
+    no_scores: bool = field(default=False, metadata={"help": "Skip the relevance scores."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Drop the journal of an interrupted run instead of resuming it."}
+    )
+
+    def __post_init__(self):
+        for name in ("data", "output", "teacher"):
+            if not getattr(self, name):
+                raise ValueError(f"`--{name}` is required.")
+
+
 def label_dataset(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -253,6 +279,7 @@ def label_dataset(
     from datasets import DatasetDict, load_from_disk
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
     config = config or ScaleDownConfig()
     if isinstance(teacher, (str, os.PathLike)):
         teacher_tokenizer = teacher_tokenizer or AutoTokenizer.from_pretrained(str(teacher))

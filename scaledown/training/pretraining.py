@@ -24,22 +24,16 @@ import torch
 from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
-from ..modeling_scaledown import (
+from ..processing_scaledown import (
     build_compressor_inputs,
     build_generator_inputs,
     max_compressor_length,
     memory_segments,
 )
-from .collator import FromModelMixin
+from .collator import AUTOENCODING, CONTINUATION, INSTRUCTIONS, FromModelMixin
 
 
 logger = logging.get_logger(__name__)
-
-AUTOENCODING, CONTINUATION = "autoencoding", "continuation"
-INSTRUCTIONS = {
-    AUTOENCODING: "Repeat the background document word for word.",
-    CONTINUATION: "Continue the background document with the text that follows it.",
-}
 
 
 def read_texts(sources: list[str], text_column: str = "text", splits: list[str] | None = None) -> list[str]:

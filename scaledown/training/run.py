@@ -11,12 +11,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 
-from .arguments import ScaleDownTrainingArguments
+from .arguments import ScaleDownParser, ScaleDownTrainingArguments, read_config_file
 
 
 logger = logging.get_logger(__name__)
@@ -147,17 +146,8 @@ def parse_args(argv: list[str] | None = None, data_class=DataArguments):
     command line. Returns `(ModelArguments, DataArguments, training arguments)`; the training arguments are
     `ScaleDownNeuronTrainingArguments` for `--device trainium`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = {}
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv.pop(0))
-        if not path.is_file():
-            raise FileNotFoundError(f"Training configuration {path} does not exist.")
-        if path.suffix == ".json":
-            defaults = json.loads(path.read_text())
-        else:
-            import yaml
-
-            defaults = yaml.safe_load(path.read_text()) or {}
+    path = argv.pop(0) if argv and argv[0].endswith((".json", ".yaml", ".yml")) else None
+    defaults = read_config_file(path) if path else {}
     device = _pop_device(argv, defaults.pop("device", "auto"))
     arguments_class = ScaleDownTrainingArguments
     if device == "trainium":
@@ -166,18 +156,8 @@ def parse_args(argv: list[str] | None = None, data_class=DataArguments):
         arguments_class = ScaleDownNeuronTrainingArguments
     elif device == "cpu":
         argv.append("--use_cpu=true")
-    parser = HfArgumentParser((ModelArguments, data_class, arguments_class))
-    if defaults:
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(defaults) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}.")
-        parser.set_defaults(**defaults)
-        # Values given by the file satisfy required arguments.
-        for action in parser._actions:
-            if action.dest in defaults:
-                action.required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+    parser = ScaleDownParser((ModelArguments, data_class, arguments_class))
+    return parser.parse(argv, defaults, source=str(path))
 
 
 def resolve_memory_injection_layer(layer: int, compressor_type: str, num_compressor_layers: int) -> int:
@@ -234,12 +214,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if not isinstance(training_args, ScaleDownTrainingArguments):  # --device trainium
         from .neuron_trainer import ScaleDownNeuronTrainer as trainer_class
     set_seed(training_args.seed)
-    model = build_model(model_args)
-    dataset = load_from_disk(data_args.dataset_dir)
+    dataset = load_from_disk(data_args.dataset_dir)  # first: a wrong split fails before a model loads
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({data_args.train_split: dataset})
-    if data_args.train_split not in dataset:
-        raise ValueError(f"{data_args.dataset_dir} has no split {data_args.train_split!r} (has {list(dataset)}).")
+    for split in (data_args.train_split, data_args.eval_split):
+        if split is not None and split not in dataset:
+            raise ValueError(f"{data_args.dataset_dir} has no split {split!r} (has {list(dataset)}).")
+    model = build_model(model_args)
     train = dataset[data_args.train_split]
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
@@ -257,7 +238,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 def run_pretraining(
     model_args: ModelArguments, data_args: PretrainingDataArguments, training_args: ScaleDownTrainingArguments
 ) -> dict:
-    """Pretrain compressor + projection (and the generator's LoRA adapters, as configured) with auto-encoding and
+    """Pretrain compressor + projector (and the generator's LoRA adapters, as configured) with auto-encoding and
     continuation, measure both tasks on held-out rows before and after, save the model and
     `pretraining_eval.json` to `training_args.output_dir`. Returns that report."""
     from datasets import Dataset

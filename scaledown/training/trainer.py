@@ -47,12 +47,18 @@ def unwrap(model):
     return model
 
 
+def default_compressor_learning_rate(compressor_type: str) -> float:
+    """OSCAR's learning rate of the compressor side: 5e-5 for an N-layers compressor, 1e-4 for an encoder or LLM."""
+    return 5e-5 if compressor_type == "n_layers" else 1e-4
+
+
 def parameter_groups(model, decay_names, weight_decay: float, lr_generator=None, lr_compressor=None) -> list[dict]:
-    """AdamW parameter groups: generator LoRA adapters at `lr_generator`, compressor + projection + reranking head at
-    `lr_compressor` (defaults: the model config's), each split into decayed / non-decayed (biases, norms)."""
+    """AdamW parameter groups: generator LoRA adapters at `lr_generator` (default 1e-4), compressor + projector +
+    reranking head at `lr_compressor` (default: [`default_compressor_learning_rate`]), each split into decayed /
+    non-decayed (biases, norms)."""
     config = unwrap(model).config
-    lr_generator = lr_generator or config.learning_rate_generator
-    lr_compressor = lr_compressor or config.compressor_learning_rate
+    lr_generator = lr_generator or 1e-4
+    lr_compressor = lr_compressor or default_compressor_learning_rate(config.compressor_type)
     buckets = defaultdict(list)
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -94,6 +100,8 @@ class DistillationTrainerMixin:
                 pad_to_fixed_length=getattr(args, "pad_to_fixed_length", False),
                 max_prompt_length=getattr(args, "max_prompt_length", None),
                 raw_document_teacher=getattr(args, "raw_document_teacher", False),
+                autoencoding_mix=getattr(args, "autoencoding_mix", 0.0),
+                seed=getattr(args, "seed", 0),
             )
         if isinstance(data_collator, ScaleDownDataCollator) and train_dataset is not None:
             data_collator.fit(train_dataset)
@@ -189,11 +197,7 @@ class DistillationTrainerMixin:
                 first = getattr(config, "memory_injection_layer", 0) + 1
                 student_hidden = list(outputs.hidden_states[first:-1])
                 teacher_hidden = all_teacher_hidden[first:-1]
-        weight = (
-            self.args.reranking_loss_weight
-            if getattr(self.args, "reranking_loss_weight", None) is not None
-            else (config.reranking_loss_weight)
-        )
+        weight = getattr(self.args, "reranking_loss_weight", 0.05)
         steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         num_pairs = getattr(self, "_num_pairs_in_batch", None) if model.training else None
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
