@@ -418,18 +418,20 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         inject_adapter_in_model(lora_config, self.generator)
         # The generator is already initialised: keep its init function away from the fresh adapters (LoRA B must stay
         # zero). Under `from_pretrained` (meta tensors) the weights come from the checkpoint instead.
-        for name, module in self.generator.named_modules():
-            if "lora_" in name:
-                if any(p.device.type == "meta" for p in module.parameters(recurse=False)):
+        for module in self._adapter_modules():
+            for sub in module.modules():
+                if any(p.device.type == "meta" for p in sub.parameters(recurse=False)):
                     continue
-                module._is_hf_initialized = True
-                for param in module.parameters(recurse=False):
+                sub._is_hf_initialized = True
+                for param in sub.parameters(recurse=False):
                     param._is_hf_initialized = True
 
     def _set_trainable(self):
         """Freeze the generator except its LoRA adapters; compressor, projector and reranking head train fully."""
-        for name, param in self.generator.named_parameters():
-            param.requires_grad = bool(self.config.use_lora) and "lora_" in name
+        self.generator.requires_grad_(False)
+        if self.config.use_lora:
+            for layer in self._lora_layers():
+                layer.set_adapter(layer.active_adapters)  # peft: the active adapters' weights train
         for module in (self.compressor, self.projector, self.rerank_head, self.slot_scorer):
             if module is not None:
                 module.requires_grad_(True)
@@ -694,9 +696,10 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         output = self.generator.get_output_embeddings()
         if output is not None:
             embeddings.add(id(output.weight))
+        adapters = {id(p) for module in self._adapter_modules() for p in module.parameters()}
         keep = {}
         for name, param in self.state_dict(keep_vars=True).items():
-            if not name.startswith("generator.") or "lora_" in name or id(param) in embeddings:
+            if not name.startswith("generator.") or id(param) in adapters or id(param) in embeddings:
                 keep[name] = param.detach()
         return keep
 
@@ -1225,7 +1228,19 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             self.merge_adapters()
 
     def _lora_layers(self) -> list[nn.Module]:
-        return [m for m in self.generator.modules() if hasattr(m, "enable_adapters") and hasattr(m, "lora_A")]
+        """The generator's adapter layers (peft's `BaseTunerLayer`); none without peft or adapters."""
+        if not is_peft_available():
+            return []
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.generator.modules() if isinstance(m, BaseTunerLayer)]
+
+    def _adapter_modules(self) -> list[nn.Module]:
+        """The modules holding adapter weights (peft's `adapter_layer_names` of each adapter layer: `lora_A`, ...)."""
+        modules = []
+        for layer in self._lora_layers():
+            modules += [getattr(layer, name) for name in layer.adapter_layer_names if hasattr(layer, name)]
+        return modules
 
     @property
     def adapters_merged(self) -> bool:
