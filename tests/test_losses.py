@@ -191,3 +191,16 @@ def test_distillation_loss_adds_the_hidden_term_only_with_positions():
     assert torch.allclose(loss, base + 2.0 * terms["hidden"])
     with pytest.raises(ValueError, match="teacher_positions"):
         distillation_loss(logits, labels, student_hidden=hidden, teacher_hidden=other, hidden_weight=1.0)
+
+
+def test_reranking_mse_leaves_out_pairs_without_a_target():
+    from scaledown.training.losses import reranking_mse
+
+    scores = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    teacher = torch.tensor([0.0, float("nan"), 1.0])
+    loss = reranking_mse(scores, teacher)
+    assert loss.item() == pytest.approx((1.0 + 4.0) / 2)
+    loss.backward()
+    assert scores.grad[1] == 0 and scores.grad[0] != 0
+    nothing = reranking_mse(scores, torch.full((3,), float("nan")))
+    assert nothing.item() == 0.0 and nothing.requires_grad

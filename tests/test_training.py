@@ -150,7 +150,8 @@ def test_collator_mixes_auto_encoding_rows_of_the_top_document():
     data = rows(12)
     plain = ScaleDownDataCollator.from_model(model)(data)
     batch = ScaleDownDataCollator.from_model(model, autoencoding_mix=0.5, seed=3)(data)
-    assert "teacher_scores" not in batch  # no relevance target for an auto-encoding row
+    # Relevance targets: the question-answering rows' own, NaN (left out of the MSE) for an auto-encoding row.
+    expected_scores = []
     decode = model.tokenizer.decode
     mixed = 0
     for i, row in enumerate(data):
@@ -158,15 +159,18 @@ def test_collator_mixes_auto_encoding_rows_of_the_top_document():
         target = decode(labels[labels != -100][:-1])
         prompt = decode(batch["input_ids"][i][batch["attention_mask"][i].bool()])
         if target == row["teacher_answer"]:
+            expected_scores += row["teacher_scores"]
             same_row = plain["input_ids"][i][plain["attention_mask"][i].bool()]
             assert torch.equal(batch["input_ids"][i][batch["attention_mask"][i].bool()], same_row)
             assert row["question"] in prompt
             continue
         mixed += 1
+        expected_scores.append(float("nan"))
         assert target == row["documents"][0] and INSTRUCTIONS[AUTOENCODING] in prompt
         assert row["question"] not in prompt
         assert (batch["input_ids"][i] == model.config.memory_token_id).sum() == model.config.num_memory_tokens
     assert 0 < mixed < len(data)
+    torch.testing.assert_close(batch["teacher_scores"], torch.tensor(expected_scores), equal_nan=True)
     memory_rows = (batch["input_ids"] == model.config.memory_token_id).sum() // model.config.num_memory_tokens
     assert batch["compressor_input_ids"].shape[0] == memory_rows  # one compressed document per memory block
     compressor_text = [

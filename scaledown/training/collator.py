@@ -187,9 +187,12 @@ class ScaleDownDataCollator(FromModelMixin):
                 teacher["input_ids"],
                 teacher["attention_mask"],
             )
-        if config.enable_reranking and all(self.scores_field in row and not row.get(AUTOENCODING) for row in rows):
+        if config.enable_reranking and all(self.scores_field in row or row.get(AUTOENCODING) for row in rows):
             scores = []
             for i, (row, docs) in enumerate(zip(rows, documents)):
+                if row.get(AUTOENCODING):  # read without its query: no relevance target (NaN, left out of the MSE)
+                    scores.append(float("nan"))
+                    continue
                 row_scores = list(row[self.scores_field])[: len(docs)]
                 if len(row_scores) != len(docs):
                     raise ValueError(f"Row {i}: {len(row_scores)} teacher scores for {len(docs)} documents.")

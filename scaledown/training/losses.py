@@ -74,14 +74,17 @@ def answer_nll_per_row(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
 
 
 def reranking_mse(scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between relevance scores `(num_pairs,)` and the teacher's `(num_pairs,)`; 0 with no pair."""
+    """Mean squared error between relevance scores `(num_pairs,)` and the teacher's `(num_pairs,)`, over the pairs
+    whose teacher score is not NaN (a pair without a target, e.g. an auto-encoding row's); 0 with no such pair."""
     if scores.shape != teacher_scores.shape:
         raise ValueError(
             f"Relevance scores {tuple(scores.shape)} and teacher scores {tuple(teacher_scores.shape)} differ."
         )
-    if scores.numel() == 0:
+    teacher_scores = teacher_scores.to(scores.device).float()
+    scored = ~torch.isnan(teacher_scores)
+    if not bool(scored.any()):
         return scores.sum() * 0.0
-    return F.mse_loss(scores.float(), teacher_scores.to(scores.device).float(), reduction="mean")
+    return F.mse_loss(scores.float()[scored], teacher_scores[scored], reduction="mean")
 
 
 def distillation_kl(
@@ -160,7 +163,7 @@ def distillation_loss(
         mse = reranking_mse(rerank_scores, teacher_scores)
         if num_pairs_in_batch is not None:
             pairs = torch.as_tensor(num_pairs_in_batch).to(mse.device, mse.dtype).clamp(min=1)
-            scaled = mse * rerank_scores.numel() / pairs
+            scaled = mse * (~torch.isnan(teacher_scores)).sum() / pairs
         else:
             scaled = mse / steps
         loss = loss + reranking_loss_weight * scaled

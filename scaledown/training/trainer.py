@@ -136,7 +136,7 @@ class DistillationTrainerMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(
             epoch_iterator, num_batches, device, *args, **kwargs
         )
-        pairs = [b["teacher_scores"].numel() for b in batch_samples if "teacher_scores" in b]
+        pairs = [int((~b["teacher_scores"].isnan()).sum()) for b in batch_samples if "teacher_scores" in b]
         self._num_pairs_in_batch = None
         if pairs:
             total = torch.tensor(sum(pairs), device=device)
