@@ -108,7 +108,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from .offline_weights import smollm2_path
     from .report import write_report
     from .training.arguments import ScaleDownTrainingArguments
-    from .training.data import prepare_data
+    from .training.data import prepare_data, read_data_record
     from .training.labeling import label_dataset
     from .training.run import resolve_memory_injection_layer
     from .training.trainer import ScaleDownTrainer
@@ -247,7 +247,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "settings": asdict(settings),
         "generator": generator,
         "model_dir": str(model_dir.resolve()),
-        "data": {split: len(labelled[split]) for split in labelled},
+        "data": {**read_data_record(out / "data-labelled"), "questions": {s: len(labelled[s]) for s in labelled}},
         "train": {**train_result.metrics, "log_history": trainer.state.log_history},
         "training_arguments": json.loads(args.to_json_string()),
         "eval_before": {k: v for k, v in before.items() if k != "records"},

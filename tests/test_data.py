@@ -152,6 +152,13 @@ def test_prepare_data_writes_leak_free_splits(squad_file, tmp_path):
     assert all(len(row["documents"]) <= 3 for row in reloaded["test"])
     assert recall_at_k(reloaded["train"].to_list()) >= 0.5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+    from scaledown.training.data import read_data_record
+
+    record = read_data_record(out)  # what a model card may state about this data
+    assert record["sources"] == [squad_file.name] and record["retriever"] == "bm25"
+    assert record["doc_max_length"] == 24 and record["top_k"] == {"train": 2, "test": 3}
+    assert record["questions"] == {"train": len(dataset["train"]), "test": len(dataset["test"])}
+    assert record["split"].startswith("by article, 40% of the articles held out")
 
 
 def test_interrupted_save_keeps_the_previous_output(squad_file, tmp_path, monkeypatch):

@@ -18,7 +18,9 @@ from scaledown.hub_cards.push import check_folder
 
 RUN = {
     "settings": {"data": "squad_v1.1_dev_sample.json", "train_documents": 5},
-    "data": {"train": 160, "test": 80},
+    "data": {"sources": ["squad_v1.1_dev_sample.json"], "split": "by article, 25% of the articles held out (seed 0)",
+             "retriever": "bm25", "doc_max_length": 128, "top_k": {"train": 5, "test": 10},
+             "questions": {"train": 160, "test": 80}, "teacher": "SmolLM2-135M-Instruct"},
     "hardware": "x86_64 CPU, 2 cores, 2 threads",
     "training_arguments": {"num_train_epochs": 1.0, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                            "learning_rate_generator": 1e-4, "learning_rate_compressor": 5e-5,
@@ -70,6 +72,19 @@ def test_card_carries_the_runs_numbers_and_metadata(folder):
     assert "0.2875" in text and "0.34" in text and "2.7×" in text and "x86_64 CPU" in text
     assert "2504.07109" in text and "Limitations" in text
     assert "| memory enters the generator | as input embeddings (OSCAR) |" in text
+    assert "Data: squad_v1.1_dev_sample.json; 160 train questions, 80 test questions; split by article" in text
+    assert "bm25 top-5 of 128-token chunks; teacher `SmolLM2-135M-Instruct`." in text
+
+
+def test_card_states_only_recorded_data_facts(folder):
+    """A run on other data, or one that recorded none, gets no SQuAD tag and no invented description."""
+    other = {**RUN, "data": {"sources": ["my_faq.jsonl"], "retriever": "dense:minilm", "doc_max_length": 64,
+                             "top_k": {"train": 3}, "questions": {"train": 10}}}  # fmt: skip
+    card = ModelCard.load(write_model_card(folder, other))
+    assert card.data.to_dict().get("datasets") is None
+    assert "SQuAD" not in card.text and "my_faq.jsonl" in card.text and "dense:minilm top-3 of 64-token" in card.text
+    card = ModelCard.load(write_model_card(folder, {**RUN, "data": None}))
+    assert "The run recorded no description of its data." in card.text and "BM25" not in card.text
 
 
 def test_card_states_the_memory_path(tmp_path):

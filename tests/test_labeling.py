@@ -90,6 +90,10 @@ def test_label_dataset_adds_both_columns(tmp_path, teacher):
     assert train["teacher_answer"] == out["train"]["teacher_answer"]
     assert [len(s) for s in train["teacher_scores"]] == [len(d) for d in train["documents"]]
     assert not (tmp_path / ".labelled.partial").exists()
+    from scaledown.training.data import read_data_record
+
+    assert read_data_record(source) == {}  # not written by prepare-data: nothing to carry over
+    assert read_data_record(tmp_path / "labelled")["teacher"]  # the teacher is recorded
 
 
 def test_killed_labelling_resumes_and_labels_every_row_once(tmp_path, teacher):

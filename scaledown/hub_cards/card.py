@@ -88,10 +88,10 @@ def build_model_card(model_dir: str | os.PathLike, run: dict | None = None, repo
     compressor = hub_id(config.get("compressor_name_or_path")) if config.get("compressor_type") != "n_layers" else None
     base_models = [m for m in (generator, compressor) if m]
     license_ = next((KNOWN_LICENSES[m] for m in base_models if m in KNOWN_LICENSES), None)
-    uses_squad = bool(run and "squad" in json.dumps(run.get("settings", {})).lower()) or bool(
-        run and run.get("eval_after")
-    )
-    dataset_name = "SQuAD v1.1 dev sample (held-out articles)"
+    data = (run or {}).get("data") if isinstance((run or {}).get("data"), dict) else {}
+    sources = data.get("sources") or []
+    uses_squad = any("squad" in str(source).lower() for source in sources)
+    dataset_name = f"{', '.join(sources)} (held-out articles)" if sources else "held-out questions"
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -178,15 +178,15 @@ def _body(config: dict, run: dict | None, repo: str, generator: str) -> str:
 def _training_section(run: dict | None) -> list[str]:
     if not run or "training_arguments" not in run:
         return ["## Training", "", "No training run is recorded for this folder.", ""]
-    args, train, settings = run["training_arguments"], run.get("train", {}), run.get("settings", {})
+    args, train = run["training_arguments"], run.get("train", {})
     return [
         "## Training",
         "",
-        "Sentence-level distillation (OSCAR): cross-entropy on the answers of a teacher (the base generator reading "
-        "the "
-        f"raw documents) plus {args.get('reranking_loss_weight') or 0.05} × MSE of the relevance score against the "
-        f"teacher's. Data: {run.get('data')} questions of the SQuAD v1.1 dev sample, train/held-out split by article, "
-        f"BM25 top-{settings.get('train_documents', args.get('num_train_documents'))} 128-token chunks.",
+        "Sentence-level distillation (OSCAR): cross-entropy on the target answers "
+        f"(`{args.get('answer_field', 'teacher_answer')}`) plus {args.get('reranking_loss_weight', 0.05)} × MSE of "
+        "the relevance score against the teacher's"
+        + (f", with {args['autoencoding_mix']:.0%} auto-encoding rows" if args.get("autoencoding_mix") else "")
+        + f". {_data_sentence(run.get('data'), args)}",
         "",
         "| hyper-parameter | value |",
         "|---|---|",
@@ -200,6 +200,24 @@ def _training_section(run: dict | None) -> list[str]:
         f"| hardware | {run.get('hardware', 'unknown')} |",
         "",
     ]
+
+
+def _data_sentence(data, args: dict) -> str:
+    """What the run recorded about its data (`scaledown_data.json` of prepare-data/label), and nothing else."""
+    if not isinstance(data, dict) or not data:
+        return "The run recorded no description of its data."
+    questions = data.get("questions") or {}
+    parts = [f"Data: {', '.join(map(str, data['sources']))}" if data.get("sources") else "Data"]
+    if questions:
+        parts.append(", ".join(f"{n} {split} questions" for split, n in questions.items()))
+    if data.get("split"):
+        parts.append(f"split {data['split']}")
+    if data.get("retriever"):
+        top_k = (data.get("top_k") or {}).get("train", args.get("num_train_documents"))
+        parts.append(f"{data['retriever']} top-{top_k} of {data.get('doc_max_length', '?')}-token chunks")
+    if data.get("teacher"):
+        parts.append(f"teacher `{data['teacher']}`")
+    return "; ".join(parts) + "."
 
 
 def _evaluation_section(run: dict | None) -> list[str]:

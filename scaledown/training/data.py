@@ -348,13 +348,26 @@ def recall_at_k(rows: list[dict]) -> float:
     return hits / total if total else float("nan")
 
 
-def save_dataset_atomically(dataset_dict, output_dir: str | os.PathLike) -> Path:
-    """`save_to_disk` into a temporary sibling folder, then rename: an interrupted run leaves nothing half-written."""
+DATA_RECORD = "scaledown_data.json"
+
+
+def read_data_record(folder: str | os.PathLike) -> dict:
+    """What `prepare-data` (and `label`) recorded about a dataset folder: sources, retriever, chunking, split, teacher.
+    Empty for a folder written by something else."""
+    path = Path(folder) / DATA_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_dataset_atomically(dataset_dict, output_dir: str | os.PathLike, record: dict | None = None) -> Path:
+    """`save_to_disk` into a temporary sibling folder, then rename: an interrupted run leaves nothing half-written.
+    `record`: facts about the data, written beside it as `scaledown_data.json` (see [`read_data_record`])."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
         dataset_dict.save_to_disk(str(tmp))
+        if record is not None:
+            (tmp / DATA_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if output_dir.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-old-", dir=output_dir.parent))
             os.replace(output_dir, backup / "old")
@@ -424,6 +437,7 @@ def prepare_data(
     if not 0.0 < held_out_fraction < 1.0:
         raise ValueError(f"`held_out_fraction` must be between 0 and 1 (exclusive), got {held_out_fraction!r}.")
     records = list(records or [])
+    given_records = bool(records)
     for source in sources:
         records += read_source(source)
     if not records:
@@ -443,5 +457,14 @@ def prepare_data(
             splits[name] = Dataset.from_list(rows)
             logger.info(f"{name}: {len(rows)} questions, recall@{k} = {recall_at_k(rows):.3f}")
     dataset = DatasetDict(splits)
-    save_dataset_atomically(dataset, output_dir)
+    record = {
+        "sources": [os.path.basename(s.split(":", 1)[-1]) for s in sources] + (["records"] if given_records else []),
+        "split": f"by article, {held_out_fraction:.0%} of the articles held out (seed {seed})",
+        "retriever": retriever,
+        "retrieve": retrieve,
+        "doc_max_length": doc_max_length,
+        "top_k": {"train": train_top_k, "test": eval_top_k},
+        "questions": {name: len(split) for name, split in splits.items()},
+    }
+    save_dataset_atomically(dataset, output_dir, record)
     return dataset

@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from ..configuration_scaledown import ScaleDownConfig
 from ..processing_scaledown import build_generator_inputs, check_positive, raw_document_segments
-from .data import save_dataset_atomically, sentence_embeddings
+from .data import read_data_record, save_dataset_atomically, sentence_embeddings
 
 
 logger = logging.get_logger(__name__)
@@ -356,7 +356,9 @@ def label_dataset(
     for split in dataset:
         labelled.setdefault(split, dataset[split])
     result = DatasetDict(labelled)
-    save_dataset_atomically(result, output_dir)
+    record = read_data_record(dataset_dir)
+    record["teacher"] = str(getattr(teacher.config, "_name_or_path", "")) or type(teacher).__name__
+    save_dataset_atomically(result, output_dir, record)
     shutil.rmtree(journal_dir, ignore_errors=True)
     return result
 
