@@ -154,5 +154,7 @@ def test_user_path_benchmark_cli_writes_ratios_first_token_and_memory(tmp_path, 
         assert entry["speedup"] > 0 and entry["first_token_speedup"] > 0 and entry["flops_ratio_analytic"] > 1
         # Timings are positive numbers; their order is not asserted (a loaded machine can invert 1 token vs 4).
         assert entry["compressed_first_token_seconds"] > 0 and entry["uncompressed_first_token_seconds"] > 0
+        assert set(entry["compressed_stages_seconds"]) == {"compress_documents", "prompt_and_prefill", "decode"}
+        assert all(v >= 0 for v in entry["compressed_stages_seconds"].values())
         assert entry["peak_memory_mib"]["uncompressed"] > 0 and entry["peak_memory_mib"]["compressed"] > 0
     assert (tmp_path / "bench" / "benchmark-user.png").is_file()

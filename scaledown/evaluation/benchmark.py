@@ -419,6 +419,30 @@ def _user_uncompressed(plain, tokenizer, config, questions, documents, tokens):
     )
 
 
+def user_stages(model, questions, documents, tokens: int, device) -> dict[str, float]:
+    """Where the compressed user path spends its time, stage by stage (seconds, one run each): `compress_documents`
+    (tokenisation + compressor), the prompt build + prefill (a 1-token answer from the compressed documents), and the
+    decoding of the remaining `tokens - 1` tokens (the full answer minus the first token)."""
+
+    def timed(call):
+        _synchronize(device)
+        began = time.perf_counter()
+        result = call()
+        _synchronize(device)
+        return result, time.perf_counter() - began
+
+    compressed, compress = timed(lambda: model.compress_documents(questions, documents))
+    _, first = timed(lambda: model.generate_from_compressed(questions, compressed, max_new_tokens=1, min_new_tokens=1))
+    _, full = timed(
+        lambda: model.generate_from_compressed(questions, compressed, max_new_tokens=tokens, min_new_tokens=tokens)
+    )
+    return {
+        "compress_documents": round(compress, 4),
+        "prompt_and_prefill": round(first, 4),
+        "decode": round(max(full - first, 0.0), 4),
+    }
+
+
 def _load_user_path(model_path, generator, dtype: str, device, systems=("compressed", "uncompressed")):
     """What a user loads: the ScaleDown folder, and the plain generator next to it, each as documented."""
     from transformers import AutoModelForCausalLM
@@ -473,7 +497,8 @@ def run_user_benchmark(
 
     Per dtype and batch size: medians of `repetitions` interleaved runs of an answer of exactly `new_tokens` tokens
     and of the time to first token (prefill + one token), the analytic FLOPs ratio (the limit the speed-up would reach
-    if time followed FLOPs), and peak memory (a fresh process per setting on CPU; the allocator's peak on CUDA).
+    if time followed FLOPs), where the compressed path's time goes ([`user_stages`]: compression, prompt + prefill,
+    decoding), and peak memory (a fresh process per setting on CPU; the allocator's peak on CUDA).
 
     Args:
         model_path: a saved ScaleDown folder (or hub id).
@@ -522,6 +547,10 @@ def run_user_benchmark(
                 entry["uncompressed_first_token_seconds"] / entry["compressed_first_token_seconds"], 3
             )
             entry["flops_ratio_analytic"] = round(analytic_flops(model, questions, documents, new_tokens)["ratio"], 3)
+            stages = [user_stages(model, questions, documents, new_tokens, where) for _ in range(repetitions)]
+            entry["compressed_stages_seconds"] = {
+                stage: round(statistics.median(s[stage] for s in stages), 4) for stage in stages[0]
+            }
             entry["all_runs"] = {k: [round(t, 4) for t in v] for k, v in times.items()}
             per_batch[str(batch_size)] = entry
         del model, runs
