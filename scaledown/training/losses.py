@@ -81,10 +81,9 @@ def reranking_mse(scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.T
             f"Relevance scores {tuple(scores.shape)} and teacher scores {tuple(teacher_scores.shape)} differ."
         )
     teacher_scores = teacher_scores.to(scores.device).float()
-    scored = ~torch.isnan(teacher_scores)
-    if not bool(scored.any()):
-        return scores.sum() * 0.0
-    return F.mse_loss(scores.float()[scored], teacher_scores[scored], reduction="mean")
+    scored = ~torch.isnan(teacher_scores)  # static shapes (no boolean indexing): one graph on XLA
+    squared = torch.where(scored, scores.float() - torch.nan_to_num(teacher_scores), 0.0).pow(2)
+    return squared.sum() / scored.sum().clamp(min=1)
 
 
 def distillation_kl(

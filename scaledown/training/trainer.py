@@ -136,10 +136,10 @@ class DistillationTrainerMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(
             epoch_iterator, num_batches, device, *args, **kwargs
         )
-        pairs = [int((~b["teacher_scores"].isnan()).sum()) for b in batch_samples if "teacher_scores" in b]
+        pairs = [(~b["teacher_scores"].isnan()).sum().to(device) for b in batch_samples if "teacher_scores" in b]
         self._num_pairs_in_batch = None
         if pairs:
-            total = torch.tensor(sum(pairs), device=device)
+            total = torch.stack(pairs).sum()  # pairs with a relevance target (no host sync)
             if self._num_processes() > 1:
                 total = self.accelerator.gather(total).sum()
             self._num_pairs_in_batch = total
