@@ -99,6 +99,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         with_baseline=not args.no_baseline,
         with_document_gain=args.document_gain,
         max_new_tokens=args.max_new_tokens,
+        baseline=args.baseline,
+        prune_rate=args.prune_rate,
+        sentence_encoder=args.sentence_encoder,
     )
     print("\n".join(summary_lines(report)))
     return 0
@@ -195,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Also score the gold answers' likelihood with own vs foreign documents: how much of the raw documents' "
         "information the compressed model uses (one more pass over the data per system).",
+    )
+    evaluate.add_argument(
+        "--baseline",
+        choices=["prune"],
+        default=None,
+        help="Also a hard-pruning baseline built here (Provence/LLMLingua style): per document the sentences closest "
+        "to the query under a sentence encoder, up to the token budget of the model's compression rate, read as text "
+        "by the base generator.",
+    )
+    evaluate.add_argument("--prune-rate", type=int, default=None, help="Pruning rate (default: the model's).")
+    evaluate.add_argument(
+        "--sentence-encoder", default=None, help="Sentence encoder folder or hub id (default: all-MiniLM-L6-v2)."
     )
     evaluate.add_argument("--output", default=None, help="Write the JSON report here.")
     evaluate.set_defaults(func=_evaluate)

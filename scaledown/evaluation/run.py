@@ -51,6 +51,7 @@ def evaluate_model(
     with_baseline: bool = True,
     teacher_is_baseline: bool = False,
     with_document_gain: bool = False,
+    pruner=None,
     **generate_kwargs,
 ) -> dict:
     """Answer `rows` (dicts with `question`, `documents`, optional `gold_answers`, `teacher_answer`,
@@ -60,7 +61,9 @@ def evaluate_model(
     teacher's answers), the paired Match comparison, reranking agreement, timings and per-question records. With
     `teacher_is_baseline` (the teacher is the base generator with this very prompt and decoding, as in
     self-distillation) the uncompressed answers serve as the teacher's. With `with_document_gain`, also how much the
-    documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]).
+    documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]). With `pruner`
+    (a [`~scaledown.evaluation.pruning.SentencePruner`]), a third system, `pruned`: the base generator reading the
+    documents cut to the pruner's sentences, paired against the uncompressed one like the compressed model.
     """
     check_positive(batch_size=batch_size, num_documents=num_documents)
     from ..processing_scaledown import validate_rag_inputs
@@ -76,6 +79,8 @@ def evaluate_model(
         for q, r in zip(questions, rows)
     ]
     timings = {"compressed_seconds": 0.0, "uncompressed_seconds": 0.0}
+    if pruner is not None:
+        timings["pruned_seconds"] = 0.0
     progress = logging.tqdm(total=len(rows), desc="evaluate", unit="q")
     for start in range(0, len(rows), batch_size):
         batch_q, batch_d = questions[start : start + batch_size], documents[start : start + batch_size]
@@ -93,6 +98,13 @@ def evaluate_model(
             timings["uncompressed_seconds"] += time.perf_counter() - began
             for offset, answer in enumerate(baseline):
                 records[start + offset]["uncompressed"] = answer
+        if pruner is not None:
+            began = time.perf_counter()  # pruning (sentence encoder) + the base generator on the pruned text
+            pruned_docs = [pruner.prune(q, d) for q, d in zip(batch_q, batch_d)]
+            pruned = model.generate_uncompressed(batch_q, pruned_docs, **generate_kwargs)
+            timings["pruned_seconds"] += time.perf_counter() - began
+            for offset, answer in enumerate(pruned):
+                records[start + offset]["pruned"] = answer
         progress.update(len(batch_q))
     progress.close()
     if teacher_is_baseline and with_baseline:
@@ -100,7 +112,7 @@ def evaluate_model(
             record["teacher_answer"] = record["uncompressed"]
 
     qa = load_metric("rag_qa")
-    systems = ["compressed"] + (["uncompressed"] if with_baseline else [])
+    systems = ["compressed"] + (["uncompressed"] if with_baseline else []) + (["pruned"] if pruner else [])
     report = {
         "questions": len(rows),
         "settings": {"num_documents": num_documents, "batch_size": batch_size, **generate_kwargs},
@@ -121,6 +133,15 @@ def evaluate_model(
         report["paired"] = paired_match(
             [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
         )
+        if pruner is not None:
+            report["paired_pruned"] = paired_match(
+                [r["pruned_match"] for r in scored], [r["uncompressed_match"] for r in scored]
+            )
+    if pruner is not None:
+        report["settings"]["pruning"] = {
+            "budget_tokens_per_document": pruner.budget,
+            "sentence_encoder": str(getattr(pruner.encoder.config, "_name_or_path", "")),
+        }
     teacher_scores = [list(r.get("teacher_scores") or [])[:num_documents] for r in rows]
     if all("rerank_scores" in r for r in records) and any(teacher_scores):
         pairs = [
@@ -145,14 +166,21 @@ def evaluate_folder(
     split: str = "test",
     max_questions: int | None = None,
     output: str | os.PathLike | None = None,
+    baseline: str | None = None,
+    prune_rate: int | None = None,
+    sentence_encoder: str | None = None,
     **kwargs,
 ) -> dict:
-    """Load a ScaleDown folder and a dataset saved by `prepare-data`/`label`, evaluate, optionally write JSON."""
+    """Load a ScaleDown folder and a dataset saved by `prepare-data`/`label`, evaluate, optionally write JSON.
+    `baseline="prune"` adds the sentence-pruning baseline ([`~scaledown.evaluation.pruning.SentencePruner`]) at the
+    model's compression rate (or `prune_rate`), with all-MiniLM-L6-v2 offline (or `sentence_encoder`)."""
     check_positive(max_questions=max_questions)
     from datasets import DatasetDict, load_from_disk
 
     from ..modeling_scaledown import ScaleDownForCausalLM
 
+    if baseline not in (None, "prune"):
+        raise ValueError(f"`baseline` must be 'prune' (or unset), got {baseline!r}.")
     model = ScaleDownForCausalLM.from_pretrained(model_path)
     dataset = load_from_disk(str(data_dir))
     if isinstance(dataset, DatasetDict):
@@ -161,7 +189,12 @@ def evaluate_folder(
         dataset = dataset[split]
     if max_questions is not None:
         dataset = dataset.select(range(min(max_questions, len(dataset))))
-    report = evaluate_model(model, dataset.to_list(), **kwargs)
+    pruner = None
+    if baseline == "prune":
+        from .pruning import SentencePruner
+
+        pruner = SentencePruner.for_model(model, encoder=sentence_encoder, rate=prune_rate)
+    report = evaluate_model(model, dataset.to_list(), pruner=pruner, **kwargs)
     report["model"] = str(model_path)
     report["data"] = {"path": str(data_dir), "split": split}
     if output:
@@ -173,7 +206,7 @@ def evaluate_folder(
 def summary_lines(report: dict) -> list[str]:
     """A few human-readable lines of an evaluation report."""
     lines = [f"{report['questions']} questions"]
-    for system in ("compressed", "uncompressed"):
+    for system in ("compressed", "uncompressed", "pruned"):
         if system in report:
             gold = report[system]["gold"]
             lines.append(
@@ -185,6 +218,13 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"      paired: Match difference {p['match_difference']} (± {p['match_difference_stderr']}), "
             f"compressed-only {p['compressed_only']}, uncompressed-only {p['uncompressed_only']}"
+        )
+    if "paired_pruned" in report:
+        p, budget = report["paired_pruned"], report["settings"]["pruning"]["budget_tokens_per_document"]
+        lines.append(
+            f"      pruned: Match difference {p['match_difference']} (± {p['match_difference_stderr']}) against "
+            f"uncompressed; sentence pruning to {budget} tokens per document (a baseline built here, Provence/"
+            "LLMLingua style)"
         )
     if "reranking" in report:
         lines.append(f"   reranking: {report['reranking']}")
