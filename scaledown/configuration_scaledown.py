@@ -96,6 +96,10 @@ class ScaleDownConfig(PretrainedConfig):
             `num_memory_tokens` and the third is derived; an inconsistent triple is rejected.
         query_max_length (`int`, *optional*, defaults to 64):
             Query tokens read by the compressor; longer queries are truncated there (the generator reads them whole).
+        query_dependent (`bool`, *optional*, defaults to `True`):
+            `True`: online compression (OSCAR), the compressor reads each document together with the query. `False`:
+            offline compression (PISCO/COCOM style), it reads `[<DOC>][document][<MEM_1..l>]` alone, so that a
+            document's vectors can be computed once and stored (`compress_documents(documents=...)`); no reranking.
         use_lora (`bool`, *optional*, defaults to `True`):
             Train the generator through LoRA adapters. With `False` the generator stays frozen.
         lora_r (`int`, *optional*, defaults to 16), lora_alpha (`int`, *optional*, defaults to 32),
@@ -158,6 +162,7 @@ class ScaleDownConfig(PretrainedConfig):
         compression_rate: int | None = None,
         num_memory_tokens: int | None = None,
         query_max_length: int = 64,
+        query_dependent: bool = True,
         use_lora: bool = True,
         lora_r: int = 16,
         lora_alpha: int = 32,
@@ -203,6 +208,11 @@ class ScaleDownConfig(PretrainedConfig):
             raise ValueError(
                 f"`projector_hidden_act` must be one of transformers' activations ({', '.join(sorted(ACT2FN))}), "
                 f"got {projector_hidden_act!r}."
+            )
+        if not query_dependent and enable_reranking:
+            raise ValueError(
+                "`enable_reranking` needs `query_dependent=True`: relevance is scored from the query read with the "
+                "document, which an offline (query-independent) compressor never sees."
             )
         if not 0.0 <= lora_dropout < 1.0:
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {lora_dropout!r}.")
@@ -256,6 +266,7 @@ class ScaleDownConfig(PretrainedConfig):
         self.compression_rate = compression_rate
         self.num_memory_tokens = num_memory_tokens
         self.query_max_length = query_max_length
+        self.query_dependent = query_dependent
         self.use_lora = use_lora
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha

@@ -892,25 +892,37 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 "a folder that holds them, or set `model.tokenizer` / `model.compressor_tokenizer`."
             )
 
+    def compress_for_questions(
+        self, questions: list[str], documents: list[list[str]], **kwargs
+    ) -> "CompressedDocuments":
+        """The questions' documents compressed as this model reads them: with their question (online) or alone
+        (offline). What `generate_from_text`, the evaluation and the benchmark call; `kwargs` as for
+        [`compress_documents`]."""
+        if self.config.query_dependent:
+            return self.compress_documents(questions, documents, **kwargs)
+        return self.compress_documents(documents=documents, **kwargs)
+
     @_serialised
     @torch.no_grad()
     def compress_documents(
         self,
-        questions: list[str],
-        documents: list[list[str]],
+        questions: list[str] | None = None,
+        documents: list[list[str]] | None = None,
         batch_size: int | None = None,
         bucket_size: int = 32,
         reuse_query_prefix: bool | None = None,
     ) -> CompressedDocuments:
         r"""
-        Compress the retrieved documents of each question.
+        Compress the retrieved documents of each question (online model, `config.query_dependent=True`, OSCAR), or
+        documents on their own (offline model: `compress_documents(documents=...)`, e.g. to store them once; see
+        [`compress_for_questions`] for code that serves both).
 
         Documents longer than `config.doc_max_length` tokens (and queries longer than `config.query_max_length`) are
         truncated. The result for a (question, document) pair does not depend on the rest of the batch.
 
         Args:
-            questions (`list[str]`): the queries.
-            documents (`list[list[str]]`): per question, its documents (any number, zero included).
+            questions (`list[str]`): the queries (an online model needs them; an offline model refuses them).
+            documents (`list[list[str]]`): per question (or per group, offline), its documents (any number).
             batch_size (`int`, *optional*): rows per compressor call; all at once by default.
             bucket_size (`int`, *optional*, defaults to 32): rows are padded to a multiple of this length (at most the
                 longest possible row) and only rows of one length share a forward pass, so that every row always meets
@@ -926,6 +938,21 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             [`CompressedDocuments`]: per question a tensor `(n_docs, num_memory_tokens, generator_hidden_size)`,
             and `.rerank_scores` (per question `(n_docs,)`) when reranking is enabled.
         """
+        if documents is None:
+            raise ValueError("`documents` is required: per question (or group), a list of document strings.")
+        if not self.config.query_dependent:
+            if questions is not None:
+                raise ValueError(
+                    "This model compresses offline (`query_dependent=False`): it reads documents without their "
+                    "question. Call `compress_documents(documents=...)`, or `compress_for_questions(questions, "
+                    "documents)`."
+                )
+            questions = [""] * len(documents) if isinstance(documents, Sequence) else documents
+        elif questions is None:
+            raise ValueError(
+                "This model compresses online (`query_dependent=True`, OSCAR): it reads each document with its "
+                "question. Call `compress_documents(questions, documents)`."
+            )
         validate_rag_inputs(questions, documents)
         check_positive(batch_size=batch_size, bucket_size=bucket_size)
         self._check_tokenizers()
@@ -1333,7 +1360,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         Compress each question's documents and answer it. See [`compress_documents`] (truncation, zero documents)
         and [`generate_from_compressed`] (generation options).
         """
-        compressed = self.compress_documents(questions, documents)
+        compressed = self.compress_for_questions(questions, documents)
         return self.generate_from_compressed(questions, compressed, **generate_kwargs)
 
 

@@ -126,12 +126,15 @@ def _encode(tokenizer, texts: list[str], max_length: int | None = None, *, user_
 def compressor_parts(tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]]):
     """Per question, `(prefix, suffixes)`: the query prefix `[start][query][<DOC>]` shared by all its documents and,
     per document, `[document][<MEM_1>..<MEM_l>]([<RR>])`. The query is truncated to `config.query_max_length` tokens
-    and each document to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token if any."""
+    and each document to `config.doc_max_length` tokens; `start` is the tokenizer's CLS (else BOS) token if any. With
+    `config.query_dependent=False` (offline compression) the query is left out: `[start][<DOC>]`."""
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     start = [] if start is None else [start]
     suffix = list(config.compressor_memory_token_ids)
     if config.enable_reranking:
         suffix.append(config.rerank_token_id)
+    if not getattr(config, "query_dependent", True):  # offline compression: the document alone
+        questions = [""] * len(questions)
     query_ids = _encode(tokenizer, questions, config.query_max_length)
     doc_ids = iter(_encode(tokenizer, [doc for docs in documents for doc in docs], config.doc_max_length))
     return [

@@ -113,7 +113,7 @@ def analytic_flops(model, questions, documents, new_tokens: int) -> dict:
 
 def _run_compressed(model, questions, documents, generate_kwargs) -> dict:
     began = time.perf_counter()
-    compressed = model.compress_documents(questions, documents)
+    compressed = model.compress_for_questions(questions, documents)
     middle = time.perf_counter()
     model.generate_from_compressed(questions, compressed, **generate_kwargs)
     end = time.perf_counter()
@@ -431,7 +431,7 @@ def user_stages(model, questions, documents, tokens: int, device) -> dict[str, f
         _synchronize(device)
         return result, time.perf_counter() - began
 
-    compressed, compress = timed(lambda: model.compress_documents(questions, documents))
+    compressed, compress = timed(lambda: model.compress_for_questions(questions, documents))
     _, first = timed(lambda: model.generate_from_compressed(questions, compressed, max_new_tokens=1, min_new_tokens=1))
     _, full = timed(
         lambda: model.generate_from_compressed(questions, compressed, max_new_tokens=tokens, min_new_tokens=tokens)

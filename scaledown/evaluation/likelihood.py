@@ -66,7 +66,7 @@ def answer_nll(
             if uncompressed:
                 segments = raw_document_segments(model.tokenizer, model.config, batch_d)
             else:
-                compressed = model.compress_documents(batch_q, batch_d)
+                compressed = model.compress_for_questions(batch_q, batch_d)
                 segments = memory_segments(model.config, [m.shape[0] for m in compressed])
                 memory = torch.cat([m.to(device) for m in compressed]) if any(batch_d) else None
             # Left padding puts every answer at the end, so only the last positions need logits (the full

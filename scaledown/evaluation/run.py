@@ -85,7 +85,7 @@ def evaluate_model(
     for start in range(0, len(rows), batch_size):
         batch_q, batch_d = questions[start : start + batch_size], documents[start : start + batch_size]
         began = time.perf_counter()
-        compressed = model.compress_documents(batch_q, batch_d)
+        compressed = model.compress_for_questions(batch_q, batch_d)
         answers = model.generate_from_compressed(batch_q, compressed, **generate_kwargs)
         timings["compressed_seconds"] += time.perf_counter() - began
         for offset, answer in enumerate(answers):
