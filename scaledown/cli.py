@@ -1,5 +1,5 @@
 """The `scaledown` command line: `demo`, `prepare-data`, `label`, `pretrain`, `train`, `evaluate`, `benchmark`,
-`verify`, `push`."""
+`index`, `verify`, `push`."""
 
 import argparse
 import json
@@ -144,6 +144,18 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from .modeling_scaledown import ScaleDownForCausalLM
+    from .store import build_store
+    from .training.pretraining import read_texts
+
+    model = ScaleDownForCausalLM.from_pretrained(args.model)
+    texts = read_texts(args.corpus, text_column=args.text_column)
+    store = build_store(model, texts, args.output, batch_size=args.batch_size, shard_size=args.shard_size)
+    print(json.dumps({"output": args.output, "documents": len(store), "fingerprint": store.fingerprint}, indent=2))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from .verification import verify_folder
 
@@ -237,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "dtype name such as float32 or bfloat16.")  # fmt: skip
     bench.add_argument("--device", default=None, help="e.g. cuda (default: cpu).")
     bench.set_defaults(func=_benchmark)
+
+    index = commands.add_parser(
+        "index",
+        help="Compress a corpus once with an offline model (query_dependent=False) into a resumable store on disk.",
+    )
+    index.add_argument("--model", required=True, help="Offline ScaleDown model folder or hub id.")
+    index.add_argument(
+        "--corpus", nargs="+", required=True,
+        help="Texts: a prepare-data folder (its documents), .txt files, SQuAD .json files or dataset folders.",
+    )  # fmt: skip
+    index.add_argument("--text-column", default="documents", help="Column of a dataset folder holding the texts.")
+    index.add_argument("--output", required=True, help="Store folder (created, or completed when resumed).")
+    index.add_argument("--batch-size", type=int, default=16, help="Documents per compressor call.")
+    index.add_argument("--shard-size", type=int, default=1024, help="Documents per shard (the unit of resumption).")
+    index.set_defaults(func=_index)
 
     verify = commands.add_parser(
         "verify",

@@ -39,9 +39,7 @@ def test_offline_model_reads_documents_alone(rag_batch, compressor_type):
 
 def test_offline_model_trains_saves_and_reloads_through_auto_classes(tmp_path, rag_batch):
     model = make_scaledown(query_dependent=False)
-    rows = [
-        {"question": q, "documents": d or ["filler"], "teacher_answer": "Paris"} for q, d in zip(*rag_batch)
-    ] * 4
+    rows = [{"question": q, "documents": d or ["filler"], "teacher_answer": "Paris"} for q, d in zip(*rag_batch)] * 4
     args = ScaleDownTrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to=[],
         save_strategy="no", num_train_documents=2,

@@ -38,6 +38,10 @@ class ModelArguments:
     compression_rate: int = field(default=16, metadata={"help": "Document tokens per memory embedding."})
     query_max_length: int = field(default=64, metadata={"help": "Query tokens read by the compressor."})
     enable_reranking: bool = field(default=False, metadata={"help": "Train the relevance head on teacher scores."})
+    query_dependent: bool = field(
+        default=True,
+        metadata={"help": "Online compression (the compressor reads the query); false: offline, documents alone."},
+    )
     memory_injection_layer: int = field(
         default=-1,
         metadata={
@@ -183,6 +187,7 @@ def build_model(model_args: ModelArguments):
         "compression_rate": model_args.compression_rate,
         "query_max_length": model_args.query_max_length,
         "enable_reranking": model_args.enable_reranking,
+        "query_dependent": model_args.query_dependent,
         "memory_injection_layer": resolve_memory_injection_layer(
             model_args.memory_injection_layer, model_args.compressor_type, model_args.num_compressor_layers
         ),
