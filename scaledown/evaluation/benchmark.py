@@ -26,11 +26,10 @@ from transformers.utils import logging
 
 from ..modeling_scaledown import fast_dtype
 from ..processing_scaledown import check_positive
+from ..training.data import SAMPLE
 
 
 logger = logging.get_logger(__name__)
-
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "squad_v1.1_dev_sample.json"
 
 
 def benchmark_inputs(tokenizer, batch_size: int, num_documents: int, doc_tokens: int, query_tokens: int):

@@ -349,6 +349,8 @@ def recall_at_k(rows: list[dict]) -> float:
 
 
 DATA_RECORD = "scaledown_data.json"
+# The shipped SQuAD v1.1 dev sample (CC BY-SA 4.0): the offline default of the demo, pretraining and benchmarks.
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "squad_v1.1_dev_sample.json"
 
 
 def read_data_record(folder: str | os.PathLike) -> dict:

@@ -227,6 +227,6 @@ def split_rows(rows: list[dict], held_out: int, seed: int = 0) -> tuple[list[dic
 
 
 def default_sources() -> list[str]:
-    from ..evaluation.benchmark import SAMPLE
+    from .data import SAMPLE
 
     return [os.fspath(SAMPLE)]
