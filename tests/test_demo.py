@@ -28,7 +28,8 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     for name in artefacts:
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
-    assert run["data"] == {"train": 8, "test": 4}
+    assert run["data"]["questions"] == {"train": 8, "test": 4}  # with what prepare-data and label recorded
+    assert run["data"]["sources"] == ["squad_v1.1_dev_sample.json"] and run["data"]["retriever"] == "bm25"
     assert run["eval_after"]["compressed"]["gold"]["count"] == 4
     assert run["eval_before"]["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0
     assert "1" in run["benchmark"]["per_batch_size"]
