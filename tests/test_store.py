@@ -49,7 +49,7 @@ KILL_SCRIPT = textwrap.dedent(
     from tiny_models import make_scaledown
     import scaledown.store as store
     model = make_scaledown(query_dependent=False)
-    model.load_state_dict(torch.load(sys.argv[2]))
+    model.load_state_dict(torch.load(sys.argv[2], weights_only=True))
     texts = [f"Document {i}: Paris is the capital of France and item {i} is listed here." for i in range(10)]
     original, calls = model.compress_documents, []
     def dying(*args, **kwargs):  # the third batch never finishes: as if killed with -9
