@@ -22,12 +22,12 @@ from datasets import Dataset, load_from_disk
 from transformers import set_seed
 
 from scaledown import ScaleDownForCausalLM
+from scaledown.evaluation.pretraining import evaluate_pretraining
 from scaledown.evaluation.run import evaluate_model, paired_match
 from scaledown.offline_weights import minilm_path, smollm2_path
 from scaledown.training import ScaleDownTrainer, ScaleDownTrainingArguments
 from scaledown.training.pretraining import (
     PretrainingCollator,
-    evaluate_pretraining,
     make_pretraining_rows,
     read_texts,
     split_rows,

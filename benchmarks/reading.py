@@ -74,6 +74,16 @@ def parse(argv=None) -> argparse.Namespace:
         help="Share of question-answering rows turned into auto-encoding rows of their top document "
         "(`ScaleDownTrainingArguments.autoencoding_mix`).",
     )
+    parser.add_argument(
+        "--freeze-generator",
+        action="store_true",
+        help="Keep the generator's adapters fixed in the question-answering steps (`freeze_generator`).",
+    )
+    parser.add_argument(
+        "--freeze-compressor",
+        action="store_true",
+        help="Keep the compressor side fixed in the question-answering steps (`freeze_compressor`).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="Save the trained model here.")
     parser.add_argument("--record", default="docs/results/reading.json")
@@ -211,6 +221,8 @@ def main(argv=None):
             kl_weight=options.kl_weight,
             hidden_distillation_weight=options.hidden_weight,
             autoencoding_mix=options.autoencoding_mix,
+            freeze_generator=options.freeze_generator,
+            freeze_compressor=options.freeze_compressor,
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train, callbacks=[Measure()])
         trainer.train()

@@ -47,8 +47,7 @@ def lora_baseline(generator_path: str, config):
     from peft import LoraConfig, inject_adapter_in_model
 
     model = AutoModelForCausalLM.from_pretrained(generator_path)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, bias="none")  # fmt: skip
+    lora = LoraConfig(**{"bias": "none", **config.lora_config})
     inject_adapter_in_model(lora, model)
     for name, param in model.named_parameters():
         param.requires_grad = "lora_" in name

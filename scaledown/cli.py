@@ -43,8 +43,8 @@ def _prepare_data(argv: list[str]) -> int:
         tokenizer,
         args.output,
         doc_max_length=args.doc_max_length,
-        train_top_k=args.train_top_k,
-        eval_top_k=args.eval_top_k,
+        num_train_documents=args.num_train_documents,
+        num_eval_documents=args.num_eval_documents,
         held_out_fraction=args.held_out_fraction,
         max_train_questions=args.max_train_questions,
         max_eval_questions=args.max_eval_questions,
@@ -102,6 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         prune_rate=args.prune_rate,
         sentence_encoder=args.sentence_encoder,
+        offline_model=args.offline_model,
     )
     print("\n".join(summary_lines(report)))
     return 0
@@ -222,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prune-rate", type=int, default=None, help="Pruning rate (default: the model's).")
     evaluate.add_argument(
         "--sentence-encoder", default=None, help="Sentence encoder folder or hub id (default: all-MiniLM-L6-v2)."
+    )
+    evaluate.add_argument(
+        "--offline-model",
+        default=None,
+        help="Also an offline ScaleDown model (`query_dependent=False`, trained like --model) on the same rows: "
+        "online vs offline compression, each paired against the uncompressed generator.",
     )
     evaluate.add_argument("--output", default=None, help="Write the JSON report here.")
     evaluate.set_defaults(func=_evaluate)

@@ -54,6 +54,16 @@ def _config_dict(value: PretrainedConfig | None) -> dict | None:
     return output
 
 
+DEFAULT_LORA_CONFIG = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": "all-linear"}
+# Loose settings of earlier versions (and handy keyword shorthands) -> their `lora_config` key.
+LORA_SHORTHANDS = {
+    "lora_r": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_target_modules": "target_modules",
+}
+
+
 class ScaleDownConfig(PretrainedConfig):
     r"""
     Configuration of a [`ScaleDownForCausalLM`]: a compressor that turns each retrieved document (read together with
@@ -102,10 +112,12 @@ class ScaleDownConfig(PretrainedConfig):
             document's vectors can be computed once and stored (`compress_documents(documents=...)`); no reranking.
         use_lora (`bool`, *optional*, defaults to `True`):
             Train the generator through LoRA adapters. With `False` the generator stays frozen.
-        lora_r (`int`, *optional*, defaults to 16), lora_alpha (`int`, *optional*, defaults to 32),
-        lora_dropout (`float`, *optional*, defaults to 0.1), lora_target_modules (`str` or `list[str]`, *optional*,
-        defaults to `"all-linear"`):
-            LoRA settings of the generator.
+        lora_config (`dict`, *optional*):
+            The generator's adapters, as `peft.LoraConfig` arguments (`r`, `lora_alpha`, `lora_dropout`,
+            `target_modules`, and any other `LoraConfig` field); missing keys take the defaults
+            `{"r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": "all-linear"}`. The shorthands
+            `lora_r`, `lora_alpha`, `lora_dropout` and `lora_target_modules` (and folders saved with them) set the
+            same keys.
         merge_adapters_for_inference (`bool`, *optional*, defaults to `True`):
             Generating in eval mode (after `from_pretrained`, or `model.eval()`) first folds the LoRA adapters into
             the generator's weights, so that generation runs at the base model's speed; `model.train()`,
@@ -164,10 +176,7 @@ class ScaleDownConfig(PretrainedConfig):
         query_max_length: int = 64,
         query_dependent: bool = True,
         use_lora: bool = True,
-        lora_r: int = 16,
-        lora_alpha: int = 32,
-        lora_dropout: float = 0.1,
-        lora_target_modules: str | list[str] = "all-linear",
+        lora_config: dict | None = None,
         merge_adapters_for_inference: bool = True,
         enable_reranking: bool = False,
         memory_token: str = "<MEM>",
@@ -189,10 +198,10 @@ class ScaleDownConfig(PretrainedConfig):
         doc_max_length, compression_rate, num_memory_tokens = self._resolve_compression(
             doc_max_length, compression_rate, num_memory_tokens
         )
+        lora_config = self._resolve_lora_config(lora_config, kwargs)
         for name, value in (
             ("num_compressor_layers", num_compressor_layers),
             ("query_max_length", query_max_length),
-            ("lora_r", lora_r),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -214,19 +223,8 @@ class ScaleDownConfig(PretrainedConfig):
                 "`enable_reranking` needs `query_dependent=True`: relevance is scored from the query read with the "
                 "document, which an offline (query-independent) compressor never sees."
             )
-        if not 0.0 <= lora_dropout < 1.0:
-            raise ValueError(f"`lora_dropout` must be in [0, 1), got {lora_dropout!r}.")
-        for name, value in (
-            ("lora_alpha", lora_alpha),
-            ("initializer_range", initializer_range),
-        ):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-        if not isinstance(lora_target_modules, (str, list, tuple)):
-            raise ValueError(
-                f"`lora_target_modules` must be 'all-linear', a module name or a list of names, got "
-                f"{lora_target_modules!r}."
-            )
+        if not isinstance(initializer_range, (int, float)) or initializer_range <= 0:
+            raise ValueError(f"`initializer_range` must be a positive number, got {initializer_range!r}.")
         if "{}" not in compressor_memory_token_template:
             raise ValueError(
                 "`compressor_memory_token_template` must contain '{}' (the memory slot number), got "
@@ -268,12 +266,7 @@ class ScaleDownConfig(PretrainedConfig):
         self.query_max_length = query_max_length
         self.query_dependent = query_dependent
         self.use_lora = use_lora
-        self.lora_r = lora_r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_target_modules = (
-            list(lora_target_modules) if isinstance(lora_target_modules, tuple) else (lora_target_modules)
-        )
+        self.lora_config = lora_config
         self.merge_adapters_for_inference = merge_adapters_for_inference
         self.enable_reranking = enable_reranking
         self.memory_token = memory_token
@@ -300,6 +293,35 @@ class ScaleDownConfig(PretrainedConfig):
         # The generator ties its own embeddings (see its config); the wrapper itself never ties anything.
         kwargs["tie_word_embeddings"] = False
         super().__init__(**kwargs)
+
+    @staticmethod
+    def _resolve_lora_config(lora_config: dict | None, kwargs: dict) -> dict:
+        """`lora_config` completed with the defaults and the `lora_*` shorthands (popped from `kwargs`), checked:
+        a plain, JSON-able dict of `peft.LoraConfig` arguments."""
+        if lora_config is not None and not isinstance(lora_config, dict):
+            to_dict = getattr(lora_config, "to_dict", None)  # a peft.LoraConfig
+            if to_dict is None:
+                raise ValueError(f"`lora_config` must be a dict of `peft.LoraConfig` arguments, got {lora_config!r}.")
+            lora_config = {k: v for k, v in to_dict().items() if k in LORA_SHORTHANDS.values()}
+        resolved = {**DEFAULT_LORA_CONFIG, **(lora_config or {})}
+        for shorthand, key in LORA_SHORTHANDS.items():
+            if shorthand in kwargs:
+                resolved[key] = kwargs.pop(shorthand)
+        if isinstance(resolved["target_modules"], (tuple, set)):
+            resolved["target_modules"] = sorted(resolved["target_modules"])
+        r, alpha, dropout = resolved["r"], resolved["lora_alpha"], resolved["lora_dropout"]
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"`lora_config['r']` (`lora_r`) must be a positive integer, got {r!r}.")
+        if not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"`lora_config['lora_alpha']` (`lora_alpha`) must be a positive number, got {alpha!r}.")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`lora_config['lora_dropout']` (`lora_dropout`) must be in [0, 1), got {dropout!r}.")
+        if not isinstance(resolved["target_modules"], (str, list)):
+            raise ValueError(
+                "`lora_config['target_modules']` must be 'all-linear', a module name or a list of names, got "
+                f"{resolved['target_modules']!r}."
+            )
+        return resolved
 
     @staticmethod
     def _resolve_compression(doc_max_length, compression_rate, num_memory_tokens) -> tuple[int, int, int]:

@@ -39,8 +39,8 @@ class DemoSettings:
     data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
     train_questions: int = field(default=160, metadata={"help": "Training questions."})
     eval_questions: int = field(default=80, metadata={"help": "Held-out questions."})
-    train_documents: int = field(default=5, metadata={"help": "Documents per training question."})
-    eval_documents: int = field(default=10, metadata={"help": "Documents per held-out question."})
+    num_train_documents: int = field(default=5, metadata={"help": "Documents per training question."})
+    num_eval_documents: int = field(default=10, metadata={"help": "Documents per held-out question."})
     teacher_max_new_tokens: int = field(default=48, metadata={"help": "Teacher answer length."})
     label_batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
@@ -129,8 +129,8 @@ def run_demo(settings: DemoSettings) -> dict:
             [f"squad:{settings.data or SAMPLE}"],
             tokenizer,
             out / "data",
-            train_top_k=settings.train_documents,
-            eval_top_k=settings.eval_documents,
+            num_train_documents=settings.num_train_documents,
+            num_eval_documents=settings.num_eval_documents,
             held_out_fraction=0.25,
             max_train_questions=settings.train_questions,
             max_eval_questions=settings.eval_questions,
@@ -172,7 +172,7 @@ def run_demo(settings: DemoSettings) -> dict:
             model,
             test_rows,
             batch_size=settings.eval_batch_size,
-            num_documents=settings.eval_documents,
+            num_documents=settings.num_eval_documents,
             with_baseline=True,
             teacher_is_baseline=True,
             max_new_tokens=settings.eval_max_new_tokens,
@@ -188,7 +188,7 @@ def run_demo(settings: DemoSettings) -> dict:
             learning_rate_compressor=settings.learning_rate_compressor,
             lr_scheduler_type=settings.lr_scheduler_type,
             warmup_ratio=0.0 if settings.lr_scheduler_type == "constant" else 0.05,
-            num_train_documents=settings.train_documents,
+            num_train_documents=settings.num_train_documents,
             raw_document_teacher=settings.kl_weight > 0 or settings.hidden_distillation_weight > 0,
             kl_weight=settings.kl_weight,
             hidden_distillation_weight=settings.hidden_distillation_weight,
@@ -210,7 +210,7 @@ def run_demo(settings: DemoSettings) -> dict:
             model,
             test_rows,
             batch_size=settings.eval_batch_size,
-            num_documents=settings.eval_documents,
+            num_documents=settings.num_eval_documents,
             with_baseline=False,
             max_new_tokens=settings.eval_max_new_tokens,
         )

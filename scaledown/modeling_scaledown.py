@@ -293,16 +293,28 @@ class ScaleDownProjector(nn.Module):
 _LEGACY_KEY_MAPPING = {r"^projection\.0\.": "projector.linear_1.", r"^projection\.2\.": "projector.linear_2."}
 
 
-def _rename_legacy_keys(state: dict) -> dict:
-    """`state` with the weight names of [`_LEGACY_KEY_MAPPING`] renamed."""
+def _checkpoint_weight_names(path: str, subfolder: str, hub_kwargs: dict) -> set[str]:
+    """The weight names a saved folder (local or on the hub) holds, sharded or not, under today's names
+    ([`_LEGACY_KEY_MAPPING`])."""
+    import json
     import re
 
-    renamed = {}
-    for key, value in state.items():
-        for pattern, replacement in _LEGACY_KEY_MAPPING.items():
-            key = re.sub(pattern, replacement, key)
-        renamed[key] = value
-    return renamed
+    from transformers.utils import cached_file
+
+    index = cached_file(
+        path, "model.safetensors.index.json", subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+        **hub_kwargs,
+    )  # fmt: skip
+    if index is not None:
+        with open(index) as handle:
+            names = set(json.load(handle)["weight_map"])
+    else:
+        with open(cached_file(path, "model.safetensors", subfolder=subfolder, **hub_kwargs), "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")  # safetensors: header length, then the JSON header
+            names = set(json.loads(handle.read(size))) - {"__metadata__"}
+    for pattern, replacement in _LEGACY_KEY_MAPPING.items():
+        names = {re.sub(pattern, replacement, name) for name in names}
+    return names
 
 
 class ScaleDownSlotScorer(nn.Linear):
@@ -413,14 +425,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             )
         from peft import LoraConfig, inject_adapter_in_model
 
-        target = self.config.lora_target_modules
-        lora_config = LoraConfig(
-            r=self.config.lora_r,
-            lora_alpha=self.config.lora_alpha,
-            lora_dropout=self.config.lora_dropout,
-            target_modules=target if isinstance(target, str) else list(target),
-            bias="none",
-        )
+        lora_config = LoraConfig(**{"bias": "none", **self.config.lora_config})
         inject_adapter_in_model(lora_config, self.generator)
         # The generator is already initialised: keep its init function away from the fresh adapters (LoRA B must stay
         # zero). Under `from_pretrained` (meta tensors) the weights come from the checkpoint instead.
@@ -710,12 +715,11 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         return keep
 
     @classmethod
-    def _from_adapter_only(cls, path: str, config: ScaleDownConfig, hub_kwargs: dict, **kwargs):
-        from transformers.modeling_utils import load_state_dict
-        from transformers.utils import cached_file
-
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        generator_kwargs = {k: kwargs[k] for k in ("dtype", "device_map") if k in kwargs}
+    def _adapter_only_base(cls, config: ScaleDownConfig, kwargs: dict) -> PreTrainedModel:
+        """The base generator an adapter-only export refers to, loaded with the export's `dtype` / `device_map`,
+        its vocabulary grown to the export's; its weights are marked initialised, so that `from_pretrained` leaves
+        them as they are when it fills in the export's own weights around them."""
+        generator_kwargs = {k: kwargs[k] for k in ("dtype", "torch_dtype", "device_map") if k in kwargs}
         try:
             generator = AutoModelForCausalLM.from_pretrained(config.generator_name_or_path, **generator_kwargs)
         except OSError as error:
@@ -724,39 +728,17 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 f"which could not be loaded (not cached, hub unreachable?): {error}"
             ) from error
         _grow_vocabulary(generator, config.get_generator_config().vocab_size)
-        previous = torch.get_default_dtype()
-        if isinstance(dtype, torch.dtype):
-            torch.set_default_dtype(dtype)
-        try:
-            model = cls(config, generator=generator)
-        finally:
-            torch.set_default_dtype(previous)
-        weights = cached_file(path, "model.safetensors", subfolder=kwargs.get("subfolder", ""), **hub_kwargs)
-        if not str(weights).endswith(".safetensors"):
-            raise ValueError(f"{weights} is not a safetensors file.")
-        state = _rename_legacy_keys(load_state_dict(weights, map_location="cpu"))
-        result = model.load_state_dict(state, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"Unexpected weights in {path}: {result.unexpected_keys[:5]}")
-        adapter_keys = set(model._adapter_state_dict())
-        missing = [k for k in result.missing_keys if k in adapter_keys]
-        tied = [k for k in missing if k.endswith("lm_head.weight") and generator.config.tie_word_embeddings]
-        if set(missing) - set(tied):
-            raise ValueError(f"The adapter-only export {path} lacks {sorted(set(missing) - set(tied))[:5]}.")
-        model.tie_weights()
-        del model.config.adapter_only
-        try:
-            from transformers import GenerationConfig
-
-            model.generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
-        except OSError:
-            pass
-        return model.eval()
+        for module in generator.modules():
+            module._is_hf_initialized = True
+            for param in module.parameters(recurse=False):
+                param._is_hf_initialized = True
+        return generator
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a ScaleDown checkpoint (weights, configuration and both tokenizers), eval mode, generator frozen
-        except LoRA. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...). An
+        """Load a ScaleDown checkpoint (weights, configuration and both tokenizers) in eval mode, ready to answer.
+        Which weights train is the trainers' rule (`scaledown.training.prepare_model_for_training`), not the
+        loader's. Takes the usual `from_pretrained` arguments (`dtype`, `device_map`, `revision`, ...). An
         adapter-only export (`save_pretrained(..., adapter_only=True)`) loads its base generator first.
 
         `dtype="auto"` means the fast dtype of the device the model lands on ([`fast_dtype`]: bfloat16
@@ -775,13 +757,34 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 pretrained_model_name_or_path, subfolder=subfolder, **config_kwargs
             )
         if getattr(config, "adapter_only", False):
-            kwargs.pop("config", None)
-            model = cls._from_adapter_only(str(pretrained_model_name_or_path), config, hub_kwargs, **kwargs)
+            # The normal path (sharded files, dtype, device_map, key mapping) around the referenced base generator:
+            # the export holds every other weight; the base generator's own weights are the only ones missing.
+            generator = cls._adapter_only_base(config, kwargs)
+            # transformers 5 re-creates non-persistent buffers (rotary frequencies) while it loads: keep the base's.
+            buffers = {name: buffer.clone() for name, buffer in generator.named_buffers()}
+            kwargs.update(config=config, generator=generator)
+            loader_logger = logging.get_logger("transformers.modeling_utils")
+            level = loader_logger.level
+            loader_logger.setLevel(logging.ERROR)  # its "newly initialized" list would name the base's weights
+            try:
+                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            finally:
+                loader_logger.setLevel(level)
+            with torch.no_grad():
+                for name, buffer in model.generator.named_buffers():
+                    if name in buffers:
+                        buffer.copy_(buffers[name])
+            # Whatever the loader counts as missing (transformers 5 counts no weight it thinks initialised), the
+            # export must hold every weight but the base generator's own (a tied output layer may be absent).
+            saved = _checkpoint_weight_names(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
+            tied = {"generator.lm_head.weight"} if model.generator.config.tie_word_embeddings else set()
+            if lacking := sorted(set(model._adapter_state_dict()) - saved - tied):
+                raise ValueError(f"The adapter-only export {pretrained_model_name_or_path} lacks {lacking[:5]}.")
+            del model.config.adapter_only
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if pretrained_model_name_or_path is not None:
             model._load_tokenizers(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
-        model._set_trainable()
         return model
 
     @property
@@ -1314,6 +1317,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """Unfold and switch off the adapters for the block; restore both (and trainability) afterwards."""
         merged = self.adapters_merged
         self.unmerge_adapters()
+        trainable = {param: param.requires_grad for param in self.parameters()}
         layers = self._lora_layers()
         for layer in layers:
             layer.enable_adapters(False)
@@ -1324,7 +1328,8 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             self._adapters_disabled = False
             for layer in layers:
                 layer.enable_adapters(True)
-            self._set_trainable()
+            for param, flag in trainable.items():  # peft's switch sets the adapters trainable: restore as it was
+                param.requires_grad_(flag)
             if merged:
                 self.merge_adapters()
 

@@ -1,15 +1,162 @@
-"""Run report: `report.md` + `report.json` + PNG plots (training curves, before/after metrics, speed and memory)."""
+"""Reports: one model of what a run measured, rendered to markdown in one place.
+
+An evaluation report (`scaledown.evaluation.run.evaluate_model`, optionally with a benchmark report of
+`scaledown.evaluation.benchmark`) is turned into markdown here, and only here: `scaledown evaluate` prints it, the
+demo's `report.md` and the Hub model card embed it. The systems compared side by side are the uncompressed base
+generator (raw documents), the sentence-pruning baseline (`pruned`, when run), and ScaleDown (`compressed`: online,
+and `offline` when a query-independent model was evaluated on the same rows).
+"""
 
 import json
 from pathlib import Path
 
 
-def _fmt(value, digits=3):
+def _fmt(value, digits=4):
+    """A figure for a table: rounded to `digits` decimals without trailing zeros; "—" when missing."""
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{value:.0f}"
     return str(value)
+
+
+# Systems of an evaluation report, in table order: key -> label.
+SYSTEMS = {
+    "uncompressed": "uncompressed base generator (raw documents)",
+    "pruned": "sentence pruning + base generator (a Provence/LLMLingua-style baseline built here)",
+    "compressed": "ScaleDown (online compression)",
+    "offline": "ScaleDown (offline compression, stored vectors)",
+}
+
+
+def _paired_key(system: str) -> str | None:
+    """The paired-Match entry of `system` against the uncompressed generator in an evaluation report."""
+    return {"compressed": "paired", "pruned": "paired_pruned", "offline": "paired_offline"}.get(system)
+
+
+def systems_table(report: dict, before: dict | None = None, labels: dict | None = None) -> list[str]:
+    """Markdown table of every system in the evaluation `report`: Match (and its paired difference to the
+    uncompressed generator, ± standard error), EM, F1, ROUGE-L, teacher fidelity and answering seconds. `before` (a
+    report of the untrained model on the same rows) adds its ScaleDown row."""
+    labels = {**SYSTEMS, **(labels or {})}
+    lines = [
+        "| system | Match | Match − uncompressed (paired) | EM | F1 | ROUGE-L | teacher ROUGE-L | answer s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(labels["uncompressed"], report, "uncompressed")]
+    if "uncompressed" not in report and before and "uncompressed" in before:
+        rows = [(labels["uncompressed"], before, "uncompressed")]
+    rows += [(labels["pruned"], report, "pruned")]
+    if before:
+        rows += [("ScaleDown before training", before, "compressed")]
+    rows += [(labels["compressed"], report, "compressed"), (labels["offline"], report, "offline")]
+    for label, source, system in rows:
+        if system not in source:
+            continue
+        gold, fidelity = source[system].get("gold", {}), source[system].get("teacher_fidelity", {})
+        paired = source.get(_paired_key(system) or "", None)
+        difference = (
+            f"{_fmt(paired['match_difference'])} ± {_fmt(paired['match_difference_stderr'])}" if paired else "—"
+        )
+        seconds = source.get("timings", {}).get(f"{system}_seconds")
+        lines.append(
+            f"| {label} | {_fmt(gold.get('match'))} | {difference} | {_fmt(gold.get('exact_match'))} | "
+            f"{_fmt(gold.get('f1'))} | {_fmt(gold.get('rouge_l'))} | {_fmt(fidelity.get('rouge_l'))} | "
+            f"{_fmt(seconds, 1)} |"
+        )
+    return lines
+
+
+def document_gain_lines(gain: dict | None) -> list[str]:
+    """The document-gain sentence of an evaluation report (does the generator read its memory?)."""
+    if not gain:
+        return []
+    compressed, raw = gain.get("compressed", {}), gain.get("uncompressed", {})
+    text = (
+        f"Does the generator read its memory? Document gain (gold-answer NLL with another question's documents minus "
+        f"with its own, top {gain.get('num_documents')}, {gain.get('questions')} questions): "
+        f"{_fmt(compressed.get('document_gain'))} ± {_fmt(compressed.get('document_gain_stderr'))} nats/token "
+        "through the memory"
+    )
+    if raw:
+        text += (
+            f", {_fmt(raw.get('document_gain'))} ± {_fmt(raw.get('document_gain_stderr'))} for the base generator "
+            f"reading the raw documents: **gain share {_fmt(gain.get('gain_share'))}** (1 = the memory serves as "
+            "well as the text)"
+        )
+    return [text + "."]
+
+
+def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str]:
+    """Markdown table of a benchmark report: per batch size, the seconds of each system, the speed-up over the
+    uncompressed generator, the analytic FLOPs ratio and the peak memory."""
+    if not bench:
+        return []
+    s = bench["settings"]
+    extra = [k for k in ("pruned", "offline") if any(f"{k}_seconds" in r for r in bench["per_batch_size"].values())]
+    header = "| batch | uncompressed s | ScaleDown s (compressor + generator) | speed-up | FLOPs ratio |"
+    rule = "|---|---|---|---|---|"
+    for key in extra:
+        header += f" {key} s | {key} speed-up |"
+        rule += "---|---|"
+    header += " peak memory ScaleDown / uncompressed (MiB) |"
+    rule += "---|"
+    lines = [
+        f"{s['num_documents']} documents × {s['doc_tokens']} tokens, {s['query_tokens']}-token query, "
+        f"{s['new_tokens']} new tokens, {hardware or s['device']} ({s['dtype']}), medians of "
+        f"{s.get('repetitions', '?')} interleaved repetitions.",
+        "",
+        header,
+        rule,
+    ]
+    for batch, r in bench["per_batch_size"].items():
+        memory = r.get("peak_memory_mib", {})
+        stages = (
+            f" ({_fmt(r['compressor_seconds'], 2)} + {_fmt(r.get('generator_seconds'), 2)})"
+            if "compressor_seconds" in r
+            else ""
+        )
+        parts = (
+            f"| {batch} | {_fmt(r['uncompressed_seconds'], 2)} | {_fmt(r['compressed_seconds'], 2)}{stages} | "
+            f"{_fmt(r['speedup'], 2)}× | {_fmt(r.get('flops_ratio_analytic'), 2)}× |"
+        )
+        for key in extra:
+            seconds = r.get(f"{key}_seconds")
+            ratio = r["uncompressed_seconds"] / seconds if seconds else None
+            parts += f" {_fmt(seconds, 2)} | {_fmt(ratio, 2)}× |"
+        parts += f" {_fmt(memory.get('compressed'), 0)} / {_fmt(memory.get('uncompressed'), 0)} |"
+        lines.append(parts)
+    return lines
+
+
+def evaluation_markdown(report: dict, before: dict | None = None, benchmark: dict | None = None) -> str:
+    """An evaluation report (and optionally the untrained model's on the same rows, and a benchmark) as markdown:
+    what `scaledown evaluate` prints and the demo report and model card embed."""
+    settings = report.get("settings", {})
+    lines = [
+        f"{report.get('questions')} held-out questions, {settings.get('num_documents')} retrieved documents each, the "
+        f"same prompt and decoding for every system ({settings.get('max_new_tokens')} new tokens).",
+        "",
+        *systems_table(report, before),
+    ]
+    pruning = settings.get("pruning")
+    if pruning:
+        lines += [
+            "",
+            f"Pruning keeps, per document, the sentences most similar to the question under "
+            f"`{pruning.get('sentence_encoder')}` up to {pruning.get('budget_tokens_per_document')} tokens.",
+        ]
+    gain = document_gain_lines(report.get("document_gain"))
+    if gain:
+        lines += ["", *gain]
+    offline_gain = document_gain_lines(report.get("offline_document_gain"))
+    if offline_gain:
+        lines += ["", "Offline model: " + offline_gain[0]]
+    if "reranking" in report:
+        lines += ["", f"Reranking agreement with the teacher: {json.dumps(report['reranking'])}."]
+    if benchmark:
+        lines += ["", *benchmark_table(benchmark)]
+    return "\n".join(lines) + "\n"
 
 
 def plot_training(log_history: list[dict], path: Path) -> bool:
@@ -84,47 +231,11 @@ def write_report(run: dict, output_dir) -> Path:
         "",
         "## Quality on the held-out split",
         "",
-        "Same questions, same retrieved documents, same prompt, greedy decoding; the uncompressed system is the base "
-        "generator reading the raw documents.",
-        "",
-        "| system | Match | EM | F1 | ROUGE-L | teacher ROUGE-L | teacher F1 |",
-        "|---|---|---|---|---|---|---|",
+        *systems_table(after, before),
     ]
-    for label, report, system in (
-        ("uncompressed base generator", before, "uncompressed"),
-        ("ScaleDown before training", before, "compressed"),
-        ("ScaleDown after training", after, "compressed"),
-    ):
-        gold = report.get(system, {}).get("gold", {})
-        fidelity = report.get(system, {}).get("teacher_fidelity", {})
-        lines.append(
-            f"| {label} | {_fmt(gold.get('match'))} | {_fmt(gold.get('exact_match'))} | {_fmt(gold.get('f1'))} | "
-            f"{_fmt(gold.get('rouge_l'))} | {_fmt(fidelity.get('rouge_l'))} | {_fmt(fidelity.get('f1'))} |"
-        )
-    paired = after.get("paired")
-    if paired:
-        lines += [
-            "",
-            f"Pairwise Match (after training − uncompressed): {_fmt(paired['match_difference'])} "
-            f"± {_fmt(paired['match_difference_stderr'])} (standard error) over {paired['questions']} questions; "
-            f"{paired['compressed_only']} questions only ScaleDown answers, {paired['uncompressed_only']} only the "
-            f"uncompressed generator.",
-        ]
-    gain = after.get("document_gain")
-    if gain:
-        share = gain.get("gain_share")
-        lines += [
-            "",
-            f"Does the generator read its memory? Document gain (gold-answer NLL with another question's documents "
-            f"minus with its own, top {gain['num_documents']}, {gain['questions']} questions): "
-            f"{_fmt(gain['compressed']['document_gain'])} ± {_fmt(gain['compressed']['document_gain_stderr'])} "
-            f"nats/token through the memory after training, {_fmt(gain['uncompressed']['document_gain'])} ± "
-            f"{_fmt(gain['uncompressed']['document_gain_stderr'])} for the base generator reading the raw documents: "
-            f"**gain share {_fmt(share)}** (1 = the memory serves as well as the text).",
-        ]
+    lines += ["", *document_gain_lines(after.get("document_gain"))] if after.get("document_gain") else []
     if "reranking" in after:
-        r = after["reranking"]
-        lines += ["", f"Reranking agreement with the teacher after training: {json.dumps(r)}."]
+        lines += ["", f"Reranking agreement with the teacher after training: {json.dumps(after['reranking'])}."]
     lines += ["", "![quality](quality.png)", ""]
     if has_curve:
         train = run["train"]
@@ -138,27 +249,7 @@ def write_report(run: dict, output_dir) -> Path:
             "",
         ]
     if bench:
-        lines += [
-            "## Speed and memory",
-            "",
-            f"{bench['settings']['num_documents']} documents × {bench['settings']['doc_tokens']} tokens, "
-            f"{bench['settings']['query_tokens']}-token query, {bench['settings']['new_tokens']} new tokens, "
-            f"{bench['settings']['device']} ({bench['settings']['dtype']}), medians of "
-            f"{bench['settings']['repetitions']} interleaved repetitions.",
-            "",
-            "| batch | compressed s (compressor + generator) | uncompressed s | speed-up | FLOPs ratio | peak memory "
-            "compressed / uncompressed (MiB) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for batch, r in bench["per_batch_size"].items():
-            memory = r.get("peak_memory_mib", {})
-            lines.append(
-                f"| {batch} | {_fmt(r['compressed_seconds'], 2)} ({_fmt(r['compressor_seconds'], 2)} + "
-                f"{_fmt(r['generator_seconds'], 2)}) | {_fmt(r['uncompressed_seconds'], 2)} | "
-                f"{_fmt(r['speedup'], 2)}× | "
-                f"{_fmt(r['flops_ratio_analytic'], 2)}× | {_fmt(memory.get('compressed'), 0)} / "
-                f"{_fmt(memory.get('uncompressed'), 0)} |"
-            )
+        lines += ["## Speed and memory", "", *benchmark_table(bench, run.get("hardware"))]
         lines += ["", "![benchmark](benchmark/benchmark.png)", ""]
     lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in run.get("timings_seconds", {}).items()]

@@ -17,8 +17,9 @@ def test_defaults_follow_the_paper():
     )
     assert (config.doc_max_length, config.compression_rate, config.num_memory_tokens) == (128, 16, 8)
     assert config.query_max_length == 64
-    assert (config.use_lora, config.lora_r, config.lora_alpha, config.lora_dropout) == (True, 16, 32, 0.1)
-    assert config.lora_target_modules == "all-linear"
+    assert config.use_lora and config.lora_config == {
+        "r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": "all-linear"
+    }  # fmt: skip
     assert config.enable_reranking is False
     for policy in ("reranking_loss_weight", "learning_rate_generator", "learning_rate_compressor_nlayers"):
         assert not hasattr(config, policy)  # training policy lives in the training arguments only
@@ -59,6 +60,9 @@ def test_compression_triple_is_derived(given, expected):
         ({"lora_r": 0}, "lora_r"),
         ({"lora_dropout": 1.5}, "lora_dropout"),
         ({"lora_alpha": 0}, "lora_alpha"),
+        ({"lora_config": {"r": 2.5}}, r"lora_config\['r'\]"),
+        ({"lora_config": {"target_modules": 3}}, "target_modules"),
+        ({"lora_config": "r16"}, "lora_config"),
         ({"projection_hidden_dim": 0}, "projection_hidden_dim"),
         ({"compressor_memory_token_template": "<MEM>"}, "compressor_memory_token_template"),
         ({"generator_config": {"hidden_size": 4}}, "model_type"),
@@ -69,6 +73,24 @@ def test_compression_triple_is_derived(given, expected):
 def test_bad_values_raise_a_value_error_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ScaleDownConfig(**kwargs)
+
+
+def test_lora_settings_are_one_lora_config_dict(tmp_path):
+    """The adapters' settings live in one `peft.LoraConfig`-shaped dict; the loose `lora_*` shorthands (and folders
+    saved with them) fill it, a `LoraConfig` itself is accepted, and only the dict is saved."""
+    from peft import LoraConfig
+
+    config = ScaleDownConfig(lora_r=8, lora_config={"lora_alpha": 4, "target_modules": ("q_proj", "v_proj")})
+    assert config.lora_config == {"r": 8, "lora_alpha": 4, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["lora_config"] == config.lora_config and not any(k.startswith("lora_r") for k in saved)
+    saved.pop("lora_config")
+    saved.update(lora_r=4, lora_dropout=0.0)  # a folder of an earlier version
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ScaleDownConfig.from_pretrained(tmp_path).lora_config["r"] == 4
+    from_peft = ScaleDownConfig(lora_config=LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj"]))
+    assert from_peft.lora_config["r"] == 2 and from_peft.lora_config["target_modules"] == ["q_proj"]
 
 
 def test_generator_config_is_stored_and_rebuilt(tmp_path):

@@ -139,8 +139,8 @@ def test_bm25_finds_the_gold_passage():
 def test_prepare_data_writes_leak_free_splits(squad_file, tmp_path):
     tokenizer = make_decoder_tokenizer()
     out = tmp_path / "prepared"
-    dataset = prepare_data([f"squad:{squad_file}"], tokenizer, out, doc_max_length=24, train_top_k=2, eval_top_k=3,
-                           held_out_fraction=0.4)  # fmt: skip
+    dataset = prepare_data([f"squad:{squad_file}"], tokenizer, out, doc_max_length=24, num_train_documents=2,
+                           num_eval_documents=3, held_out_fraction=0.4)  # fmt: skip
     reloaded = load_from_disk(str(out))
     assert set(reloaded) == {"train", "test"} and len(reloaded["train"]) == len(dataset["train"])
     train_articles, test_articles = set(reloaded["train"]["article"]), set(reloaded["test"]["article"])
@@ -233,8 +233,8 @@ def test_held_out_questions_do_not_depend_on_the_training_sample_size(tmp_path):
     "setting, message",
     [
         ({"doc_max_length": 0}, "`doc_max_length` must be a positive"),
-        ({"train_top_k": 0}, "`train_top_k` must be a positive"),
-        ({"eval_top_k": -1}, "`eval_top_k` must be a positive"),
+        ({"num_train_documents": 0}, "`num_train_documents` must be a positive"),
+        ({"num_eval_documents": -1}, "`num_eval_documents` must be a positive"),
         ({"held_out_fraction": 1.0}, "`held_out_fraction` must be between 0 and 1"),
         ({"max_eval_questions": 0}, "`max_eval_questions` must be positive"),
     ],

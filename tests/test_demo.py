@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "scaledown.cli", "demo", "--output-dir", str(out), "--train-questions", "8",
-               "--eval-questions", "4", "--train-documents", "2", "--eval-documents", "3", "--teacher-max-new-tokens",
-               "8", "--eval-max-new-tokens", "8", "--benchmark-batch-sizes", "1", "--benchmark-repetitions", "1",
+               "--eval-questions", "4", "--num-train-documents", "2", "--num-eval-documents", "3",
+               "--teacher-max-new-tokens", "8", "--eval-max-new-tokens", "8", "--benchmark-batch-sizes", "1",
+               "--benchmark-repetitions", "1",
                "--benchmark-profile", "false"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]

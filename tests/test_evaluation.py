@@ -73,14 +73,19 @@ def test_evaluate_model_side_by_side():
     report = evaluate_model(model, rows, batch_size=2, num_documents=10, max_new_tokens=6, with_document_gain=True)
     assert report["questions"] == 3 and report["settings"]["max_new_tokens"] == 6
     assert report["document_gain"]["questions"] == 2 and "uncompressed" in report["document_gain"]
-    assert any(line.startswith("document gain: compressed") for line in summary_lines(report))
+    gain = report["document_gain"]["compressed"]["document_gain"]
+    assert any(line.startswith("Does the generator read") and f"{gain:.4f}".rstrip("0") in line
+               for line in summary_lines(report))  # fmt: skip
     assert report["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0  # same prompt, same decoding
     assert set(report["compressed"]["gold"]) >= {"match", "exact_match", "f1", "rouge_l"}
     assert report["compressed"]["gold"]["count"] == 2  # the question without gold answers is not scored
     assert report["paired"]["questions"] == 2
     assert report["reranking"]["count"] == 2
     assert [len(r["rerank_scores"]) for r in report["records"]] == [2, 1, 0]
-    assert any("Match" in line for line in summary_lines(report))
+    rows_of = {line.split(" | ")[0].lstrip("| "): line for line in summary_lines(report) if line.startswith("| ")}
+    assert {"ScaleDown (online compression)", "uncompressed base generator (raw documents)"} <= set(rows_of)
+    paired = report["paired"]["match_difference"]
+    assert f"| {float(paired):.4f}".rstrip("0").rstrip(".") + " ± " in rows_of["ScaleDown (online compression)"]
     json.dumps(report)  # JSON-able
 
 

@@ -219,6 +219,21 @@ def test_adapter_only_export_references_the_base_generator(tmp_path, rag_batch):
     assert reloaded.generate_from_text(questions, documents, max_new_tokens=5) == expected
     fresh = generate_in_fresh_process(light, questions, documents, tmp_path / "modules", max_new_tokens=5)
     assert fresh["answers"] == expected
+    sharded = tmp_path / "light-sharded"  # the normal loading path: sharded exports too, quietly
+    model.save_pretrained(sharded, adapter_only=True, max_shard_size="30KB")
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    code = f"from scaledown import ScaleDownForCausalLM as M; M.from_pretrained({str(sharded)!r})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "newly initialized" not in result.stderr, result.stderr[-2000:]
+    assert ScaleDownForCausalLM.from_pretrained(sharded).generate_from_text(
+        questions, documents, max_new_tokens=5
+    ) == (expected)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    lora_key = next(k for k in index["weight_map"] if "lora_B" in k)
+    del index["weight_map"][lora_key]  # an export that lost one of its own weights
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="lacks"):
+        ScaleDownForCausalLM.from_pretrained(sharded)
     (base_folder / "model.safetensors").unlink()  # base generator unreachable: a clear error
     with pytest.raises(OSError, match="base generator"):
         ScaleDownForCausalLM.from_pretrained(light)

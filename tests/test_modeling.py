@@ -16,6 +16,7 @@ from scaledown import (
     build_compressor_inputs,
     build_generator_inputs,
 )
+from scaledown.training import prepare_model_for_training
 
 
 VARIANTS = [
@@ -44,7 +45,7 @@ def training_batch(model, questions, documents, answers):
     from scaledown.training import ScaleDownDataCollator
 
     rows = [{"question": q, "documents": d, "teacher_answer": a} for q, d, a in zip(questions, documents, answers)]
-    return ScaleDownDataCollator.from_model(model, max_documents=None)(rows)
+    return ScaleDownDataCollator.from_model(model, num_train_documents=None)(rows)
 
 
 @pytest.fixture(params=VARIANTS, ids=VARIANT_IDS)
@@ -443,6 +444,7 @@ def test_save_and_reload_is_bit_identical(variant, tmp_path, rag_batch):
     assert original.keys() == restored.keys()
     for key in original:
         assert torch.equal(original[key], restored[key]), key
+    prepare_model_for_training(loaded)  # the trainers' rule trains the same weights as in the model built to train
     assert [n for n, p in loaded.named_parameters() if p.requires_grad] == [
         n for n, p in model.named_parameters() if p.requires_grad
     ]

@@ -52,3 +52,33 @@ def test_offline_model_trains_saves_and_reloads_through_auto_classes(tmp_path, r
     assert reloaded.generate_from_text(*rag_batch, max_new_tokens=3) == model.generate_from_text(
         *rag_batch, max_new_tokens=3
     )
+
+
+def test_evaluation_sets_online_and_offline_side_by_side(tmp_path, rag_batch):
+    """`scaledown evaluate --offline-model`: the offline model answers the same rows; it is paired against the
+    uncompressed generator like the online one, scored for document gain, and gets its row in the markdown table."""
+    from datasets import DatasetDict
+
+    from scaledown.evaluation.run import evaluate_folder, evaluate_model, summary_lines
+
+    questions, documents = rag_batch
+    rows = [{"question": q, "documents": d, "gold_answers": ["Paris"]} for q, d in zip(questions, documents)]
+    online, offline = make_scaledown(), make_scaledown(query_dependent=False)
+    with pytest.raises(ValueError, match="must be an offline ScaleDown model"):
+        evaluate_model(online, rows, offline_model=online, max_new_tokens=2)
+    report = evaluate_model(online, rows, offline_model=offline, num_documents=2, max_new_tokens=3,
+                            with_document_gain=True)  # fmt: skip
+    expected = offline.generate_from_text(questions, [d[:2] for d in documents], max_new_tokens=3)
+    assert [r["offline"] for r in report["records"]] == expected
+    assert report["paired_offline"]["questions"] == 3 and report["timings"]["offline_seconds"] > 0
+    assert report["offline_document_gain"]["uncompressed"] == report["document_gain"]["uncompressed"]
+    table = [line for line in summary_lines(report) if line.startswith("| ScaleDown (offline")]
+    assert len(table) == 1 and " ± " in table[0]
+
+    online.save_pretrained(tmp_path / "online")
+    offline.save_pretrained(tmp_path / "offline")
+    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "data"))
+    folder_report = evaluate_folder(tmp_path / "online", tmp_path / "data", offline_model=tmp_path / "offline",
+                                    num_documents=2, max_new_tokens=3)  # fmt: skip
+    assert [r["offline"] for r in folder_report["records"]] == expected
+    assert folder_report["offline_model"] == str(tmp_path / "offline")

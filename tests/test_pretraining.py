@@ -6,12 +6,12 @@ import torch
 from datasets import Dataset, DatasetDict
 from tiny_models import CORPUS, make_generator, make_scaledown
 
+from scaledown.evaluation.pretraining import evaluate_pretraining
 from scaledown.training import ScaleDownTrainer, ScaleDownTrainingArguments
 from scaledown.training.pretraining import (
     AUTOENCODING,
     CONTINUATION,
     PretrainingCollator,
-    evaluate_pretraining,
     make_pretraining_rows,
     read_texts,
     split_rows,

@@ -77,7 +77,11 @@ def test_evaluation_reports_the_pruned_baseline_paired(rag_batch):
     assert set(report["pruned"]["gold"]) >= {"match", "f1"} and report["paired_pruned"]["questions"] == 3
     assert report["settings"]["pruning"]["budget_tokens_per_document"] == 6
     assert all("pruned" in r for r in report["records"]) and report["timings"]["pruned_seconds"] > 0
-    assert any(line.strip().startswith("pruned:") for line in summary_lines(report))
+    pruned_rows = [line for line in summary_lines(report) if line.startswith("| sentence pruning")]
+    difference = report["paired_pruned"]["match_difference"]
+    assert (
+        len(pruned_rows) == 1 and "| " + f"{float(difference):.4f}".rstrip("0").rstrip(".") + " ± " in pruned_rows[0]
+    )
 
 
 def test_pruner_for_a_model_uses_its_rate_and_the_offline_minilm():

@@ -122,6 +122,41 @@ def test_training_lowers_the_loss_and_leaves_frozen_weights(tmp_path):
             assert torch.equal(param, frozen[name]), name
 
 
+def test_a_loaded_model_trains_by_the_trainers_rule(tmp_path):
+    """`from_pretrained` applies no freezing of its own (transformers 5 returns every weight trainable); the trainer
+    applies the training rule: the generator's own weights stay fixed, its adapters and the compressor side learn."""
+    make_scaledown(lora_dropout=0.0).save_pretrained(tmp_path / "model")
+    model = ScaleDownForCausalLM.from_pretrained(tmp_path / "model")
+    model.requires_grad_(True)  # whatever the loader left
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ScaleDownTrainer(
+        model=model, args=arguments(tmp_path, max_steps=3), train_dataset=Dataset.from_list(rows())
+    ).train()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n or ".generator." not in f".{n}" for n in moved), sorted(moved)[:5]
+    assert any("lora_" in n for n in moved) and any(n.startswith("compressor.") for n in moved)
+
+
+@pytest.mark.parametrize("side", ["generator", "compressor"])
+def test_a_frozen_side_does_not_move(tmp_path, side):
+    """`freeze_generator` / `freeze_compressor`: that side keeps its weights (and gets no gradients, so it does not
+    weigh in the clipping norm), the other side still learns."""
+    model = make_scaledown(enable_reranking=True, lora_dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = arguments(tmp_path, max_steps=4, **{f"freeze_{side}": True})
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    trainer.train()
+    moved = {n: not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before}
+    is_generator = {n: ".generator." in f".{n}" for n in moved}
+    assert not any(m for n, m in moved.items() if is_generator[n] == (side == "generator")), side
+    assert any(m for n, m in moved.items() if is_generator[n] != (side == "generator"))
+    assert all(
+        p.grad is None for n, p in model.named_parameters() if n in before and is_generator[n] == (side == "generator")
+    )
+    with pytest.raises(ValueError, match="leave nothing to train"):
+        arguments(tmp_path, freeze_generator=True, freeze_compressor=True)
+
+
 def test_collator_builds_the_raw_document_teacher_prompts():
     model = make_scaledown()
     collator = ScaleDownDataCollator.from_model(model, raw_document_teacher=True)
@@ -251,7 +286,7 @@ def test_gradient_checkpointing_and_evaluation(tmp_path):
 def test_collator_masks_prompts_and_pads_to_fixed_shapes():
     model = make_scaledown(enable_reranking=True)
     collator = ScaleDownDataCollator.from_model(
-        model, max_documents=2, pad_to_fixed_length=True, max_prompt_length=256
+        model, num_train_documents=2, pad_to_fixed_length=True, max_prompt_length=256
     )
     batch_rows = [dict(r, documents=["Paris.", "Berlin."], teacher_scores=[1.0, 0.0]) for r in rows(3)]
     first, second = collator(batch_rows[:1]), collator(batch_rows)
@@ -276,7 +311,7 @@ def test_fixed_shapes_are_fitted_and_checked_before_training(tmp_path):
     trainer = ScaleDownTrainer(model=model, args=args, train_dataset=data)
     length = trainer.data_collator.max_prompt_length
     longest = int(
-        ScaleDownDataCollator.from_model(model, max_documents=2)(data.to_list())["attention_mask"].sum(1).max()
+        ScaleDownDataCollator.from_model(model, num_train_documents=2)(data.to_list())["attention_mask"].sum(1).max()
     )
     assert length % 64 == 0 and longest <= length < longest + 64
     assert trainer.data_collator(data.to_list()[:2])["input_ids"].shape[1] == length
@@ -471,8 +506,10 @@ def test_one_parser_serves_every_command(tmp_path):
     config = tmp_path / "prep.yaml"
     config.write_text("source: [squad:a.json]\ntokenizer: tok\noutput: out\ndoc_max_length: 64\n")
     parser = ScaleDownParser((PrepareDataArguments,))
-    (args,) = parser.parse_args_and_config([str(config), "--eval-top-k", "3", "--source", "squad:b.json", "c.jsonl"])
-    assert (args.doc_max_length, args.eval_top_k, args.source) == (64, 3, ["squad:b.json", "c.jsonl"])
+    (args,) = parser.parse_args_and_config(
+        [str(config), "--num-eval-documents", "3", "--source", "squad:b.json", "c.jsonl"]
+    )
+    assert (args.doc_max_length, args.num_eval_documents, args.source) == (64, 3, ["squad:b.json", "c.jsonl"])
     (args,) = ScaleDownParser((PrepareDataArguments,)).parse_args_and_config(
         ["--source", "a", "--tokenizer", "t", "--source", "b", "--output", "o", "--max_train_questions", "5"]
     )
@@ -493,3 +530,20 @@ def test_one_parser_serves_every_command(tmp_path):
     with pytest.raises(ValueError, match=r"unknown settings \['train_question'\]"):
         ScaleDownParser((DemoSettings,)).parse_args_and_config([str(demo)])
     assert "% warmup" in ScaleDownParser((DemoSettings,)).parser.format_help()  # a help with "%" still formats
+
+
+def test_renamed_settings_still_parse_with_a_warning(tmp_path, caplog):
+    """Old names of the document counts (`train_top_k`, `eval_documents`, ...) in files and on the command line
+    reach today's one name, each with a warning."""
+    from scaledown.demo import DemoSettings
+    from scaledown.training.arguments import ScaleDownParser
+    from scaledown.training.data import PrepareDataArguments
+
+    config = tmp_path / "prep.yaml"
+    config.write_text("source: [a]\ntokenizer: tok\noutput: out\ntrain_top_k: 2\n")
+    with caplog.at_level("WARNING"):
+        (args,) = ScaleDownParser((PrepareDataArguments,)).parse_args_and_config([str(config), "--eval-top-k", "7"])
+    assert (args.num_train_documents, args.num_eval_documents) == (2, 7)
+    assert "`train_top_k` is now `num_train_documents`" in caplog.text and "`--eval-top-k` is now" in caplog.text
+    (settings,) = ScaleDownParser((DemoSettings,)).parse_args_and_config(["--train_documents=3"])
+    assert settings.num_train_documents == 3

@@ -52,6 +52,7 @@ def evaluate_model(
     teacher_is_baseline: bool = False,
     with_document_gain: bool = False,
     pruner=None,
+    offline_model=None,
     **generate_kwargs,
 ) -> dict:
     """Answer `rows` (dicts with `question`, `documents`, optional `gold_answers`, `teacher_answer`,
@@ -63,7 +64,11 @@ def evaluate_model(
     self-distillation) the uncompressed answers serve as the teacher's. With `with_document_gain`, also how much the
     documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]). With `pruner`
     (a [`~scaledown.evaluation.pruning.SentencePruner`]), a third system, `pruned`: the base generator reading the
-    documents cut to the pruner's sentences, paired against the uncompressed one like the compressed model.
+    documents cut to the pruner's sentences, paired against the uncompressed one like the compressed model. With
+    `offline_model` (a ScaleDown model with `query_dependent=False`, best trained the same way as `model`), a fourth
+    system, `offline`: the same questions answered from documents compressed without their question (as a
+    compressed-document store holds them), paired against the uncompressed generator too; its document gain is added
+    when `with_document_gain`.
     """
     check_positive(batch_size=batch_size, num_documents=num_documents)
     from ..processing_scaledown import validate_rag_inputs
@@ -81,6 +86,11 @@ def evaluate_model(
     timings = {"compressed_seconds": 0.0, "uncompressed_seconds": 0.0}
     if pruner is not None:
         timings["pruned_seconds"] = 0.0
+    if offline_model is not None:
+        if offline_model.config.query_dependent:
+            raise ValueError("`offline_model` must be an offline ScaleDown model (`query_dependent=False`).")
+        offline_model.eval()
+        timings["offline_seconds"] = 0.0
     progress = logging.tqdm(total=len(rows), desc="evaluate", unit="q")
     for start in range(0, len(rows), batch_size):
         batch_q, batch_d = questions[start : start + batch_size], documents[start : start + batch_size]
@@ -105,6 +115,13 @@ def evaluate_model(
             timings["pruned_seconds"] += time.perf_counter() - began
             for offset, answer in enumerate(pruned):
                 records[start + offset]["pruned"] = answer
+        if offline_model is not None:
+            began = time.perf_counter()  # the documents compressed without the question, then the answers
+            stored = offline_model.compress_for_questions(batch_q, batch_d)
+            offline = offline_model.generate_from_compressed(batch_q, stored, **generate_kwargs)
+            timings["offline_seconds"] += time.perf_counter() - began
+            for offset, answer in enumerate(offline):
+                records[start + offset]["offline"] = answer
         progress.update(len(batch_q))
     progress.close()
     if teacher_is_baseline and with_baseline:
@@ -113,6 +130,7 @@ def evaluate_model(
 
     qa = load_metric("rag_qa")
     systems = ["compressed"] + (["uncompressed"] if with_baseline else []) + (["pruned"] if pruner else [])
+    systems += ["offline"] if offline_model is not None else []
     report = {
         "questions": len(rows),
         "settings": {"num_documents": num_documents, "batch_size": batch_size, **generate_kwargs},
@@ -133,10 +151,11 @@ def evaluate_model(
         report["paired"] = paired_match(
             [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
         )
-        if pruner is not None:
-            report["paired_pruned"] = paired_match(
-                [r["pruned_match"] for r in scored], [r["uncompressed_match"] for r in scored]
-            )
+        for system in ("pruned", "offline"):
+            if system in systems:
+                report[f"paired_{system}"] = paired_match(
+                    [r[f"{system}_match"] for r in scored], [r["uncompressed_match"] for r in scored]
+                )
     if pruner is not None:
         report["settings"]["pruning"] = {
             "budget_tokens_per_document": pruner.budget,
@@ -156,6 +175,11 @@ def evaluate_model(
         from .likelihood import document_gain
 
         report["document_gain"] = document_gain(model, rows, num_documents, batch_size, with_baseline)
+        if offline_model is not None:
+            baseline = report["document_gain"].get("uncompressed")
+            report["offline_document_gain"] = document_gain(
+                offline_model, rows, num_documents, batch_size, baseline=baseline
+            )
     report["records"] = records
     return report
 
@@ -169,11 +193,13 @@ def evaluate_folder(
     baseline: str | None = None,
     prune_rate: int | None = None,
     sentence_encoder: str | None = None,
+    offline_model: str | os.PathLike | None = None,
     **kwargs,
 ) -> dict:
     """Load a ScaleDown folder and a dataset saved by `prepare-data`/`label`, evaluate, optionally write JSON.
     `baseline="prune"` adds the sentence-pruning baseline ([`~scaledown.evaluation.pruning.SentencePruner`]) at the
-    model's compression rate (or `prune_rate`), with all-MiniLM-L6-v2 offline (or `sentence_encoder`)."""
+    model's compression rate (or `prune_rate`), with all-MiniLM-L6-v2 offline (or `sentence_encoder`).
+    `offline_model` (a folder) adds an offline ScaleDown model answering the same rows."""
     check_positive(max_questions=max_questions)
     from datasets import DatasetDict, load_from_disk
 
@@ -194,8 +220,11 @@ def evaluate_folder(
         from .pruning import SentencePruner
 
         pruner = SentencePruner.for_model(model, encoder=sentence_encoder, rate=prune_rate)
-    report = evaluate_model(model, dataset.to_list(), pruner=pruner, **kwargs)
+    offline = ScaleDownForCausalLM.from_pretrained(offline_model) if offline_model is not None else None
+    report = evaluate_model(model, dataset.to_list(), pruner=pruner, offline_model=offline, **kwargs)
     report["model"] = str(model_path)
+    if offline_model is not None:
+        report["offline_model"] = str(offline_model)
     report["data"] = {"path": str(data_dir), "split": split}
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -204,33 +233,7 @@ def evaluate_folder(
 
 
 def summary_lines(report: dict) -> list[str]:
-    """A few human-readable lines of an evaluation report."""
-    lines = [f"{report['questions']} questions"]
-    for system in ("compressed", "uncompressed", "pruned"):
-        if system in report:
-            gold = report[system]["gold"]
-            lines.append(
-                f"{system:>12}: Match {gold.get('match')}  EM {gold.get('exact_match')}  F1 {gold.get('f1')}  "
-                f"ROUGE-L {gold.get('rouge_l')}  teacher ROUGE-L {report[system]['teacher_fidelity'].get('rouge_l')}"
-            )
-    if "paired" in report:
-        p = report["paired"]
-        lines.append(
-            f"      paired: Match difference {p['match_difference']} (± {p['match_difference_stderr']}), "
-            f"compressed-only {p['compressed_only']}, uncompressed-only {p['uncompressed_only']}"
-        )
-    if "paired_pruned" in report:
-        p, budget = report["paired_pruned"], report["settings"]["pruning"]["budget_tokens_per_document"]
-        lines.append(
-            f"      pruned: Match difference {p['match_difference']} (± {p['match_difference_stderr']}) against "
-            f"uncompressed; sentence pruning to {budget} tokens per document (a baseline built here, Provence/"
-            "LLMLingua style)"
-        )
-    if "reranking" in report:
-        lines.append(f"   reranking: {report['reranking']}")
-    if "document_gain" in report:
-        gain = report["document_gain"]
-        parts = [f"{s} {gain[s]['document_gain']} nats/token" for s in ("compressed", "uncompressed") if s in gain]
-        share = f", share {gain['gain_share']}" if "gain_share" in gain else ""
-        lines.append(f"document gain: {', '.join(parts)}{share}")
-    return lines
+    """An evaluation report as markdown lines ([`scaledown.report.evaluation_markdown`])."""
+    from ..report import evaluation_markdown
+
+    return evaluation_markdown(report).splitlines()

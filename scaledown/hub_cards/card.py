@@ -7,6 +7,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..configuration_scaledown import DEFAULT_LORA_CONFIG, LORA_SHORTHANDS
+from ..report import benchmark_table, evaluation_markdown
+
 
 KNOWN_BASES = {
     # local folder name fragment -> (hub id, license)
@@ -32,6 +35,16 @@ _SLOTS = {
     "chunk_mean": "mean hidden state of each document chunk",
     "chunk_attention": "learned-attention pooling of each document chunk",
 }
+
+
+def _adapters(config: dict) -> str:
+    """The generator's adapters as the saved configuration states them (`lora_config`, or the loose `lora_*` fields
+    of earlier folders)."""
+    if not config.get("use_lora", True):
+        return "none (generator frozen)"
+    lora = {**DEFAULT_LORA_CONFIG, **{LORA_SHORTHANDS[k]: v for k, v in config.items() if k in LORA_SHORTHANDS}}
+    lora.update(config.get("lora_config") or {})
+    return f"LoRA r{lora['r']} / α{lora['lora_alpha']} / dropout {lora['lora_dropout']}, {lora['target_modules']}"
 
 
 def _injection(layer: int) -> str:
@@ -151,9 +164,7 @@ def _body(config: dict, run: dict | None, repo: str, generator: str) -> str:
         f"| query tokens read by the compressor | {config['query_max_length']} |",
         f"| memory slots | {_SLOTS.get(config.get('memory_slots', 'tokens'))} |",
         f"| memory enters the generator | {_injection(config.get('memory_injection_layer', 0))} |",
-        f"| generator adapters | LoRA r{config['lora_r']} / α{config['lora_alpha']} / "
-        f"dropout {config['lora_dropout']}, "
-        f"{config['lora_target_modules']} |",
+        f"| generator adapters | {_adapters(config)} |",
         f"| reranking head | {'yes' if config.get('enable_reranking') else 'no'} |",
         "",
     ]
@@ -223,43 +234,13 @@ def _data_sentence(data, args: dict) -> str:
 def _evaluation_section(run: dict | None) -> list[str]:
     if not run or "eval_after" not in run:
         return ["## Evaluation", "", "This model has not been evaluated yet: no figures are reported.", ""]
-    after, before = run["eval_after"], run.get("eval_before", {})
-    rows = [
-        ("uncompressed base generator (raw documents)", after.get("uncompressed") or before.get("uncompressed")),
-        ("this model (compressed documents)", after.get("compressed")),
-    ]
-    lines = [
-        "## Evaluation",
-        "",
-        f"{after.get('questions')} held-out questions, {after['settings'].get('num_documents')} retrieved documents "
-        "each, "
-        f"same prompt, greedy decoding ({after['settings'].get('max_new_tokens')} new tokens).",
-        "",
-        "| system | Match | EM | F1 | ROUGE-L |",
-        "|---|---|---|---|---|",
-    ]
-    for label, system in rows:
-        gold = (system or {}).get("gold", {})
-        lines.append(
-            f"| {label} | {gold.get('match', '—')} | {gold.get('exact_match', '—')} | {gold.get('f1', '—')} | "
-            f"{gold.get('rouge_l', '—')} |"
-        )
+    after = dict(run["eval_after"])
+    if "uncompressed" not in after and "uncompressed" in run.get("eval_before", {}):
+        after["uncompressed"] = run["eval_before"]["uncompressed"]  # the base generator's answers, run once
     bench = run.get("benchmark")
+    lines = ["## Evaluation", "", evaluation_markdown(after)]
     if bench:
-        s = bench["settings"]
-        lines += [
-            "",
-            f"Speed ({run.get('hardware', s['device'])}, {s['dtype']}; {s['num_documents']} documents × "
-            f"{s['doc_tokens']} tokens, {s['query_tokens']}-token query, {s['new_tokens']} new tokens):",
-            "",
-            "| batch | compressed s | uncompressed s | speed-up |",
-            "|---|---|---|---|",
-        ]
-        for batch, entry in bench["per_batch_size"].items():
-            lines.append(
-                f"| {batch} | {entry['compressed_seconds']} | {entry['uncompressed_seconds']} | {entry['speedup']}× |"
-            )
-    lines.append("")
+        lines += ["### Speed", "", *benchmark_table(bench, run.get("hardware")), ""]
     return lines
 
 

@@ -8,8 +8,8 @@ SDK, and without them that access raises an `ImportError` saying what to install
 from .arguments import ScaleDownTrainingArguments
 from .collator import ScaleDownDataCollator
 from .losses import answer_cross_entropy, answer_nll_per_row, distillation_kl, distillation_loss, reranking_mse
-from .pretraining import PretrainingCollator, evaluate_pretraining, make_pretraining_rows, read_texts
-from .trainer import DistillationTrainerMixin, ScaleDownTrainer, parameter_groups
+from .pretraining import PretrainingCollator, make_pretraining_rows, read_texts
+from .trainer import DistillationTrainerMixin, ScaleDownTrainer, parameter_groups, prepare_model_for_training
 
 
 _NEURON = ("ScaleDownNeuronTrainer", "ScaleDownNeuronTrainingArguments")
@@ -33,9 +33,9 @@ __all__ = [
     "answer_nll_per_row",
     "distillation_kl",
     "distillation_loss",
-    "evaluate_pretraining",
     "make_pretraining_rows",
     "parameter_groups",
+    "prepare_model_for_training",
     "read_texts",
     "reranking_mse",
 ]

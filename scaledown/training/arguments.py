@@ -4,6 +4,10 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from transformers import TrainingArguments
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -38,6 +42,19 @@ class ScaleDownArgumentsMixin:
         metadata={
             "help": "Learning rate of compressor, projector, reranking head and slot scorer (default: OSCAR's, 5e-5 "
             "for an N-layers compressor, 1e-4 for an encoder or LLM compressor)."
+        },
+    )
+    freeze_generator: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the generator's LoRA adapters fixed in this run (only the compressor side learns): after an "
+            "auto-encoding warm-up, the loss can then only fall through the memory."
+        },
+    )
+    freeze_compressor: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep compressor, projector and heads fixed in this run (only the generator's adapters learn)."
         },
     )
     reranking_loss_weight: float = field(
@@ -96,6 +113,8 @@ class ScaleDownArgumentsMixin:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value}.")
+        if self.freeze_generator and self.freeze_compressor:
+            raise ValueError("`freeze_generator` and `freeze_compressor` together leave nothing to train.")
         if self.reranking_loss_weight < 0:
             raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
         if self.kl_weight < 0:
@@ -140,6 +159,26 @@ class ScaleDownTrainingArguments(ScaleDownArgumentsMixin, TrainingArguments):
     _base_has_warmup_ratio: ClassVar[bool] = "warmup_ratio" in {f.name for f in fields(TrainingArguments)}
 
 
+# Settings that had other names in earlier releases: old configuration files and command lines still work (warned).
+RENAMED_SETTINGS = {
+    "train_top_k": "num_train_documents",
+    "eval_top_k": "num_eval_documents",
+    "train_documents": "num_train_documents",
+    "eval_documents": "num_eval_documents",
+}
+
+
+def rename_settings(values: dict, source: str = "the configuration") -> dict:
+    """`values` with the [`RENAMED_SETTINGS`] under today's names (a warning names each)."""
+    renamed = {}
+    for key, value in values.items():
+        if key in RENAMED_SETTINGS:
+            logger.warning(f"{source}: `{key}` is now `{RENAMED_SETTINGS[key]}`.")
+            key = RENAMED_SETTINGS[key]
+        renamed[key] = value
+    return renamed
+
+
 class ScaleDownParser:
     """The one argument parser of the `scaledown` commands (`train`, `pretrain`, `label`, `prepare-data`, `demo`):
     `HfArgumentParser` over their dataclasses, fed, as TRL's `TrlParser` does, by an optional JSON/YAML file whose
@@ -168,7 +207,9 @@ class ScaleDownParser:
         """Fill the dataclasses from `defaults` (e.g. a file's values, checked against the known options) overridden
         by `argv`. Returns a tuple of dataclass instances."""
         known = {action.dest for action in self.parser._actions}
+        argv = [self._renamed_option(arg, known) for arg in argv]
         if defaults:
+            defaults = rename_settings(defaults, source)
             unknown = sorted(set(defaults) - known)
             if unknown:
                 raise ValueError(f"{source}: unknown settings {unknown}.")
@@ -183,6 +224,18 @@ class ScaleDownParser:
         argv = list(argv)
         path = argv.pop(0) if argv and argv[0].endswith((".json", ".yaml", ".yml")) else None
         return self.parse(argv, read_config_file(path) if path else None, source=str(path))
+
+    @staticmethod
+    def _renamed_option(arg: str, known: set[str]) -> str:
+        """`--old_name` / `--old-name` of a [`RENAMED_SETTINGS`] entry as today's option (warned)."""
+        if not arg.startswith("--"):
+            return arg
+        option, sep, value = arg[2:].partition("=")
+        old = option.replace("-", "_")
+        if old in RENAMED_SETTINGS and old not in known:
+            logger.warning(f"`--{option}` is now `--{RENAMED_SETTINGS[old]}`.")
+            return f"--{RENAMED_SETTINGS[old]}{sep}{value}"
+        return arg
 
     def _collect_lists(self, argv: list[str]) -> list[str]:
         """Merge repeated list options (`nargs="+"`) into one, so that `--source a --source b` keeps both."""

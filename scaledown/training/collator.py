@@ -45,11 +45,11 @@ class ScaleDownDataCollator(FromModelMixin):
         answer_field (`str`): column holding the target answer (`teacher_answer` for distillation). A list value (e.g.
             `gold_answers`) uses its first item.
         scores_field (`str`): column with one teacher relevance score per document, used when reranking is on.
-        max_documents (`int`, *optional*): keep the top documents of each row (5 in OSCAR's training).
+        num_train_documents (`int`, *optional*): keep the top documents of each row (5 in OSCAR's training).
         max_answer_length (`int`): answer tokens kept.
         pad_to_fixed_length (`bool`): pad every tensor to a fixed length (compressor rows: the longest possible row
             under the configuration; prompts: `max_prompt_length`), so that XLA compiles one graph. Needs rows with
-            exactly `max_documents` documents; check a dataset against it with [`~ScaleDownDataCollator.fit`].
+            exactly `num_train_documents` documents; check a dataset against it with [`~ScaleDownDataCollator.fit`].
         max_prompt_length (`int`, *optional*): generator prompt + answer length under `pad_to_fixed_length`; set by
             [`~ScaleDownDataCollator.fit`] when left unset.
         raw_document_teacher (`bool`): also build the raw-document teacher's inputs, `teacher_input_ids` and
@@ -68,7 +68,7 @@ class ScaleDownDataCollator(FromModelMixin):
     config: ScaleDownConfig
     answer_field: str = "teacher_answer"
     scores_field: str = "teacher_scores"
-    max_documents: int | None = 5
+    num_train_documents: int | None = 5
     max_answer_length: int = 128
     pad_to_fixed_length: bool = False
     max_prompt_length: int | None = None
@@ -78,8 +78,8 @@ class ScaleDownDataCollator(FromModelMixin):
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
-        if self.pad_to_fixed_length and self.max_documents is None:
-            raise ValueError("`pad_to_fixed_length` needs `max_documents`.")
+        if self.pad_to_fixed_length and self.num_train_documents is None:
+            raise ValueError("`pad_to_fixed_length` needs `num_train_documents`.")
         if not 0.0 <= self.autoencoding_mix <= 1.0:
             raise ValueError(f"`autoencoding_mix` must be in [0, 1], got {self.autoencoding_mix}.")
         if self.autoencoding_mix > 0 and self.pad_to_fixed_length:
@@ -99,10 +99,10 @@ class ScaleDownDataCollator(FromModelMixin):
             if isinstance(batch, dict):  # a datasets slice: columns -> rows
                 batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
             for offset, row in enumerate(batch):
-                if len(row["documents"]) < self.max_documents:
+                if len(row["documents"]) < self.num_train_documents:
                     raise ValueError(
                         f"Row {start + offset} has {len(row['documents'])} documents; fixed shapes need at least "
-                        f"{self.max_documents} (`num_train_documents`)."
+                        f"{self.num_train_documents} (`num_train_documents`)."
                     )
             lengths = self._generator_inputs(batch)["attention_mask"].sum(dim=1)
             longest = max(longest, int(lengths.max()))
@@ -118,7 +118,7 @@ class ScaleDownDataCollator(FromModelMixin):
     def _generator_inputs(
         self, rows: list[dict], pad_to_length: int | None = None, raw: bool = False
     ) -> dict[str, torch.Tensor]:
-        documents = [list(row["documents"])[: self.max_documents] for row in rows]
+        documents = [list(row["documents"])[: self.num_train_documents] for row in rows]
         if raw:
             segments = raw_document_segments(self.tokenizer, self.config, documents)
         else:
@@ -171,11 +171,11 @@ class ScaleDownDataCollator(FromModelMixin):
                 for i, row in enumerate(rows)
             ]
         questions = [row["question"] for row in rows]
-        documents = [list(row["documents"])[: self.max_documents] for row in rows]
+        documents = [list(row["documents"])[: self.num_train_documents] for row in rows]
         compressor_length = None
         if self.pad_to_fixed_length:
-            if any(len(d) != self.max_documents for d in documents):
-                raise ValueError(f"Fixed shapes need exactly {self.max_documents} documents per row.")
+            if any(len(d) != self.num_train_documents for d in documents):
+                raise ValueError(f"Fixed shapes need exactly {self.num_train_documents} documents per row.")
             if self.max_prompt_length is None:
                 raise ValueError("`pad_to_fixed_length` needs `max_prompt_length`: set it, or call `fit(dataset)`.")
             compressor_length = max_compressor_length(self.compressor_tokenizer, config)

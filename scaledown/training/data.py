@@ -392,8 +392,8 @@ class PrepareDataArguments:
     tokenizer: str = field(default=None, metadata={"help": "Generator tokenizer (hub id or folder) for chunking."})
     output: str = field(default=None, metadata={"help": "Output folder (datasets save_to_disk, written atomically)."})
     doc_max_length: int = field(default=128, metadata={"help": "Tokens per document chunk."})
-    train_top_k: int = field(default=5, metadata={"help": "Documents retrieved per training question."})
-    eval_top_k: int = field(default=10, metadata={"help": "Documents retrieved per held-out question."})
+    num_train_documents: int = field(default=5, metadata={"help": "Documents retrieved per training question."})
+    num_eval_documents: int = field(default=10, metadata={"help": "Documents retrieved per held-out question."})
     held_out_fraction: float = field(default=0.2, metadata={"help": "Share of articles held out."})
     max_train_questions: int | None = field(default=None, metadata={"help": "Sample at most this many train ones."})
     max_eval_questions: int | None = field(default=None, metadata={"help": "Sample at most this many held-out ones."})
@@ -416,8 +416,8 @@ def prepare_data(
     tokenizer,
     output_dir: str | os.PathLike,
     doc_max_length: int = 128,
-    train_top_k: int = 5,
-    eval_top_k: int = 10,
+    num_train_documents: int = 5,
+    num_eval_documents: int = 10,
     held_out_fraction: float = 0.2,
     max_train_questions: int | None = None,
     max_eval_questions: int | None = None,
@@ -430,7 +430,11 @@ def prepare_data(
     `train` and `test` splits to `output_dir`. Returns the `DatasetDict`."""
     from datasets import Dataset, DatasetDict
 
-    for name, value in (("doc_max_length", doc_max_length), ("train_top_k", train_top_k), ("eval_top_k", eval_top_k)):
+    for name, value in (
+        ("doc_max_length", doc_max_length),
+        ("num_train_documents", num_train_documents),
+        ("num_eval_documents", num_eval_documents),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive number of tokens / documents, got {value!r}.")
     for name, value in (("max_train_questions", max_train_questions), ("max_eval_questions", max_eval_questions)):
@@ -447,8 +451,8 @@ def prepare_data(
     train, held_out = split_by_article(records, held_out_fraction, seed)
     splits = {}
     for name, split, k, limit in (
-        ("train", train, train_top_k, max_train_questions),
-        ("test", held_out, eval_top_k, max_eval_questions),
+        ("train", train, num_train_documents, max_train_questions),
+        ("test", held_out, num_eval_documents, max_eval_questions),
     ):
         # The collection is every passage of the split; only the questions are sampled, each split with its own
         # generator: the held-out questions do not depend on how many training questions are asked for.
@@ -465,7 +469,7 @@ def prepare_data(
         "retriever": retriever,
         "retrieve": retrieve,
         "doc_max_length": doc_max_length,
-        "top_k": {"train": train_top_k, "test": eval_top_k},
+        "top_k": {"train": num_train_documents, "test": num_eval_documents},
         "questions": {name: len(split) for name, split in splits.items()},
     }
     save_dataset_atomically(dataset, output_dir, record)

@@ -57,9 +57,9 @@ class ModelArguments:
         },
     )
     use_lora: bool = field(default=True, metadata={"help": "LoRA on the generator (else the generator is frozen)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (`lora_config['r']`)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (`lora_config['lora_alpha']`)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (`lora_config['lora_dropout']`)."})
     dtype: str | None = field(
         default=None, metadata={"help": "Load dtype, e.g. bfloat16 (default: the checkpoint's)."}
     )
@@ -193,9 +193,11 @@ def build_model(model_args: ModelArguments):
         ),
         "memory_slots": model_args.memory_slots,
         "use_lora": model_args.use_lora,
-        "lora_r": model_args.lora_r,
-        "lora_alpha": model_args.lora_alpha,
-        "lora_dropout": model_args.lora_dropout,
+        "lora_config": {
+            "r": model_args.lora_r,
+            "lora_alpha": model_args.lora_alpha,
+            "lora_dropout": model_args.lora_dropout,
+        },
     }
     if model_args.compressor_type != "n_layers" and model_args.compressor:
         config_kwargs["compressor_name_or_path"] = model_args.compressor
@@ -248,14 +250,8 @@ def run_pretraining(
     `pretraining_eval.json` to `training_args.output_dir`. Returns that report."""
     from datasets import Dataset
 
-    from .pretraining import (
-        PretrainingCollator,
-        default_sources,
-        evaluate_pretraining,
-        make_pretraining_rows,
-        read_texts,
-        split_rows,
-    )
+    from ..evaluation.pretraining import evaluate_pretraining  # the command reports both: training, then scores
+    from .pretraining import PretrainingCollator, default_sources, make_pretraining_rows, read_texts, split_rows
     from .trainer import ScaleDownTrainer
 
     set_seed(training_args.seed)

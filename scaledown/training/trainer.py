@@ -52,10 +52,48 @@ def default_compressor_learning_rate(compressor_type: str) -> float:
     return 5e-5 if compressor_type == "n_layers" else 1e-4
 
 
-def parameter_groups(model, decay_names, weight_decay: float, lr_generator=None, lr_compressor=None) -> list[dict]:
+def parameter_side(name: str) -> str:
+    """`"generator"` for a parameter of the generator (its LoRA adapters), `"compressor"` for everything else
+    (compressor, projector, reranking head, slot scorer)."""
+    return "generator" if ".generator." in f".{name}" else "compressor"
+
+
+def frozen_sides(args) -> tuple[str, ...]:
+    """The sides of the model a run keeps fixed (`freeze_generator`, `freeze_compressor` of the arguments)."""
+    return tuple(side for side in ("generator", "compressor") if getattr(args, f"freeze_{side}", False))
+
+
+def prepare_model_for_training(model, frozen: tuple[str, ...] = ()) -> int:
+    """ScaleDown's training rule, applied by the trainers: the generator's own weights stay fixed and only its active
+    LoRA adapters learn (peft's `BaseTunerLayer.set_adapter` marks them), the compressor side (compressor, projector,
+    reranking head, slot scorer) learns fully; the sides named in `frozen` ([`parameter_side`]) learn nothing.
+    A model loaded with `from_pretrained` carries no such rule: training it goes through here. Returns how many
+    parameters train; raises if none does."""
+    model = unwrap(model)
+    model.generator.requires_grad_(False)
+    if "generator" not in frozen and model.config.use_lora:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.generator.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter(module.active_adapters)
+    for name, param in model.named_parameters():
+        side = parameter_side(name)
+        if side == "compressor":
+            param.requires_grad_(side not in frozen)
+    trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    if trainable == 0:
+        raise ValueError(f"Nothing left to train with {', '.join(frozen) or 'no side'} frozen.")
+    return trainable
+
+
+def parameter_groups(
+    model, decay_names, weight_decay: float, lr_generator=None, lr_compressor=None, frozen: tuple[str, ...] = ()
+) -> list[dict]:
     """AdamW parameter groups: generator LoRA adapters at `lr_generator` (default 1e-4), compressor + projector +
     reranking head at `lr_compressor` (default: [`default_compressor_learning_rate`]), each split into decayed /
-    non-decayed (biases, norms)."""
+    non-decayed (biases, norms). The sides named in `frozen` (`"generator"`, `"compressor"`) get no group: they do
+    not move, and [`prepare_model_for_training`] stops their gradients."""
     config = unwrap(model).config
     lr_generator = lr_generator or 1e-4
     lr_compressor = lr_compressor or default_compressor_learning_rate(config.compressor_type)
@@ -63,7 +101,9 @@ def parameter_groups(model, decay_names, weight_decay: float, lr_generator=None,
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        module = "generator" if ".generator." in f".{name}" else "compressor"
+        module = parameter_side(name)
+        if module in frozen:
+            continue
         buckets[(module, name in decay_names)].append(param)
     groups = []
     for (module, decay), params in sorted(buckets.items()):
@@ -95,7 +135,7 @@ class DistillationTrainerMixin:
             data_collator = ScaleDownDataCollator.from_model(
                 model,
                 answer_field=getattr(args, "answer_field", "teacher_answer"),
-                max_documents=getattr(args, "num_train_documents", 5),
+                num_train_documents=getattr(args, "num_train_documents", 5),
                 max_answer_length=getattr(args, "max_answer_length", 128),
                 pad_to_fixed_length=getattr(args, "pad_to_fixed_length", False),
                 max_prompt_length=getattr(args, "max_prompt_length", None),
@@ -109,6 +149,7 @@ class DistillationTrainerMixin:
         # Make the Trainer count the label tokens of each accumulated batch (`num_items_in_batch`) and leave our loss
         # unscaled: transformers 4.57 and 5 and optimum-neuron read this flag.
         self.model_accepts_loss_kwargs = True
+        prepare_model_for_training(self.model, frozen_sides(self.args))
         self._loss_terms = defaultdict(list)
 
     def _num_processes(self) -> int:
@@ -124,6 +165,7 @@ class DistillationTrainerMixin:
                 self.args.weight_decay,
                 getattr(self.args, "learning_rate_generator", None),
                 getattr(self.args, "learning_rate_compressor", None),
+                frozen=frozen_sides(self.args),
             )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
