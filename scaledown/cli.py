@@ -123,6 +123,8 @@ def _benchmark(args: argparse.Namespace) -> int:
             new_tokens=args.new_tokens,
             device=args.device,
             output_dir=args.output_dir,
+            extra_systems=args.systems,
+            offline_model=args.offline_model,
         )
         summary = {
             dtype: {b: {k: v for k, v in e.items() if k != "all_runs"} for b, e in per_batch.items()}
@@ -250,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-documents", type=int, default=10, help="Documents per query (128 tokens each).")
     bench.add_argument("--query-tokens", type=int, default=128, help="Query length in tokens.")
     bench.add_argument("--new-tokens", type=int, default=32, help="Generated tokens.")
+    bench.add_argument(
+        "--systems",
+        nargs="*",
+        choices=["offline", "pruned"],
+        default=[],
+        help="User path: also time offline compression (answers from stored vectors, and with compression) and the "
+        "sentence-pruning baseline, side by side with ScaleDown and the uncompressed generator.",
+    )
+    bench.add_argument(
+        "--offline-model",
+        default=None,
+        help="Offline model folder for --systems offline (default: --model's weights read offline: same cost).",
+    )
     bench.add_argument("--output-dir", default="outputs/benchmark", help="JSON + PNG go here.")
     bench.add_argument("--dtype", default="auto",
                        help="Tuned path: auto (bfloat16 where the device computes in it natively, else float32), or a "

@@ -129,6 +129,49 @@ def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str
     return lines
 
 
+def user_benchmark_markdown(result: dict) -> str:
+    """The user-path benchmark (`scaledown benchmark --path user`) as markdown: per dtype and batch size, the
+    seconds of a full answer per system, the speed-ups over the uncompressed generator next to their analytic FLOPs
+    limits, the time-to-first-token speed-up, and peak memory."""
+    s = result["settings"]
+    lines = [
+        f"{s['num_documents']} documents × {s.get('doc_tokens')} tokens, {s['query_tokens']}-token query, exactly "
+        f"{s['new_tokens']} new tokens, {s['device']} ({s.get('threads')} threads), medians of {s['repetitions']} "
+        "interleaved repetitions; speed-up = uncompressed seconds / system seconds (analytic FLOPs ratio in "
+        "brackets).",
+        "",
+    ]
+    names = {
+        "offline": "offline, stored vectors",
+        "offline_with_compression": "offline, compressing first",
+        "pruned": "sentence pruning",
+    }
+    for dtype, per_batch in result["per_dtype"].items():
+        extra = [n for n in names if any(f"{n}_seconds" in e for e in per_batch.values())]
+        header = "| dtype | batch | uncompressed s | ScaleDown s | ScaleDown speed-up | first token speed-up |"
+        rule = "|---|---|---|---|---|---|"
+        for name in extra:
+            header += f" {names[name]} speed-up |"
+            rule += "---|"
+        header += " peak memory ScaleDown / uncompressed |"
+        rule += "---|"
+        lines += [header, rule]
+        for batch, e in per_batch.items():
+            memory = e.get("peak_memory_mib", {})
+            row = (
+                f"| {dtype} | {batch} | {_fmt(e['uncompressed_seconds'], 2)} | {_fmt(e['compressed_seconds'], 2)} | "
+                f"{_fmt(e['speedup'], 2)}× ({_fmt(e.get('flops_ratio_analytic'), 2)}×) | "
+                f"{_fmt(e.get('first_token_speedup'), 2)}× |"
+            )
+            for name in extra:
+                row += f" {_fmt(e.get(f'{name}_speedup'), 2)}× ({_fmt(e.get(f'{name}_flops_ratio_analytic'), 2)}×) |"
+            ratio = memory.get("ratio")
+            row += f" {_fmt(ratio, 2) if ratio is not None else '—'} |"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
 def evaluation_markdown(report: dict, before: dict | None = None, benchmark: dict | None = None) -> str:
     """An evaluation report (and optionally the untrained model's on the same rows, and a benchmark) as markdown:
     what `scaledown evaluate` prints and the demo report and model card embed."""

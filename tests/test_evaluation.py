@@ -163,3 +163,43 @@ def test_user_path_benchmark_cli_writes_ratios_first_token_and_memory(tmp_path, 
         assert all(v >= 0 for v in entry["compressed_stages_seconds"].values())
         assert entry["peak_memory_mib"]["uncompressed"] > 0 and entry["peak_memory_mib"]["compressed"] > 0
     assert (tmp_path / "bench" / "benchmark-user.png").is_file()
+    table = (tmp_path / "bench" / "benchmark-user.md").read_text()
+    speedup = result["per_dtype"]["float32"]["3"]["speedup"]
+    assert "| float32 | 3 | " in table and f"| {speedup:.2f}".rstrip("0").rstrip(".") + "× (" in table
+
+
+def test_user_path_benchmark_times_offline_and_pruned_side_by_side(tmp_path):
+    """`--systems offline pruned`: the offline model from stored vectors (and with its compression), and the
+    sentence-pruning baseline, timed in the same interleaved runs, each with its speed-up and analytic FLOPs ratio."""
+    from scaledown.evaluation.benchmark import _user_offline, run_user_benchmark
+
+    generator, tokenizer = make_generator("llama")
+    generator.save_pretrained(tmp_path / "generator")
+    tokenizer.save_pretrained(tmp_path / "generator")
+    model = make_scaledown("llama", doc_max_length=128, num_memory_tokens=8, query_max_length=64)
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="Unknown extra systems"):
+        run_user_benchmark(tmp_path / "model", extra_systems=["pruning"])
+    result = run_user_benchmark(
+        tmp_path / "model", generator=str(tmp_path / "generator"), batch_sizes=[2], dtypes=["float32"],
+        repetitions=1, num_documents=3, query_tokens=16, new_tokens=3, measure_memory=False,
+        extra_systems=["offline", "pruned"],
+    )  # fmt: skip
+    entry = result["per_dtype"]["float32"]["2"]
+    for name in ("offline", "offline_with_compression", "pruned"):
+        assert entry[f"{name}_seconds"] > 0 and entry[f"{name}_speedup"] > 0
+    # Stored vectors cost the generator only: a higher FLOPs ratio than compressing first; pruning cuts tokens too.
+    assert entry["offline_flops_ratio_analytic"] > entry["offline_with_compression_flops_ratio_analytic"] > 1
+    assert entry["pruned_flops_ratio_analytic"] > 1
+    from scaledown.report import user_benchmark_markdown
+
+    table = user_benchmark_markdown(result)
+    assert "offline, stored vectors speed-up" in table and "sentence pruning speed-up" in table
+    # The store path answers exactly as compressing on the spot does.
+    offline = make_scaledown("llama", query_dependent=False)
+    questions, documents = ["Capital of France?"], [["Paris is the capital of France.", "Berlin."]]
+    stored = {}
+    first = _user_offline(offline, stored, questions, documents, 3)
+    assert len(stored) == 1
+    assert first == _user_offline(offline, stored, questions, documents, 3)
+    assert first == offline.generate_from_text(questions, documents, max_new_tokens=3, min_new_tokens=3)

@@ -418,6 +418,22 @@ def _user_uncompressed(plain, tokenizer, config, questions, documents, tokens):
     )
 
 
+def _user_offline(offline, stored: dict, questions, documents, tokens):
+    """An offline model answering from stored vectors: the documents' vectors are looked up (computed once, before
+    the timing, as `scaledown index` would have), only the generator runs."""
+    key = (tuple(questions), tuple(tuple(d) for d in documents))
+    if key not in stored:
+        stored.clear()
+        stored[key] = offline.compress_for_questions(questions, documents)
+    return offline.generate_from_compressed(questions, stored[key], max_new_tokens=tokens, min_new_tokens=tokens)
+
+
+def _user_pruned(pruner, plain, tokenizer, config, questions, documents, tokens):
+    """The sentence-pruning baseline: prune each document to the budget (sentence encoder), then plain `generate`."""
+    pruned = [pruner.prune(q, d) for q, d in zip(questions, documents)]
+    return _user_uncompressed(plain, tokenizer, config, questions, pruned, tokens)
+
+
 def user_stages(model, questions, documents, tokens: int, device) -> dict[str, float]:
     """Where the compressed user path spends its time, stage by stage (seconds, one run each): `compress_documents`
     (tokenisation + compressor), the prompt build + prefill (a 1-token answer from the compressed documents), and the
@@ -489,6 +505,8 @@ def run_user_benchmark(
     device=None,
     output_dir=None,
     measure_memory: bool = True,
+    extra_systems=(),
+    offline_model=None,
 ) -> dict:
     """The path a user takes, no private switches on either side: `ScaleDownForCausalLM.from_pretrained(folder,
     dtype=...)` + `generate_from_text`, against `AutoModelForCausalLM.from_pretrained(generator, dtype=...)` +
@@ -499,10 +517,20 @@ def run_user_benchmark(
     if time followed FLOPs), where the compressed path's time goes ([`user_stages`]: compression, prompt + prefill,
     decoding), and peak memory (a fresh process per setting on CPU; the allocator's peak on CUDA).
 
+    `extra_systems` adds, timed in the same interleaved runs (full answers only, no memory probe):
+    `"offline"`: an offline model (`offline_model`, default: the same weights loaded with `query_dependent=False`,
+    which costs the same) answering from stored vectors (`offline_seconds`, compression excluded) and compressing
+    first (`offline_with_compression_seconds`); `"pruned"`: the sentence-pruning baseline at the model's rate
+    (all-MiniLM-L6-v2 offline) followed by plain `generate` (`pruned_seconds`, pruning included). Each gets its
+    speed-up over the uncompressed generator and its analytic FLOPs ratio (the sentence encoder's FLOPs excluded).
+
     Args:
         model_path: a saved ScaleDown folder (or hub id).
         generator: the base generator to compare with (default: the folder's `generator_name_or_path`).
     """
+    unknown = sorted(set(extra_systems) - {"offline", "pruned"})
+    if unknown:
+        raise ValueError(f"Unknown extra systems {unknown}: choose from offline, pruned.")
     check_positive(batch_sizes=list(batch_sizes), repetitions=repetitions, num_documents=num_documents,
                    query_tokens=query_tokens, new_tokens=new_tokens)  # fmt: skip
     settings = {
@@ -518,6 +546,23 @@ def run_user_benchmark(
     for dtype in dtypes:
         model, runs = _load_user_path(model_path, generator, dtype, device)
         where = next(model.parameters()).device
+        offline = pruner = None
+        if "offline" in extra_systems:
+            from ..modeling_scaledown import ScaleDownForCausalLM
+
+            twin = {} if offline_model else {"query_dependent": False}  # same weights, offline reading
+            offline = ScaleDownForCausalLM.from_pretrained(
+                offline_model or model_path, dtype=getattr(torch, dtype), **twin
+            ).to(where)
+            runs["offline"] = functools.partial(_user_offline, offline, {})
+            runs["offline_with_compression"] = functools.partial(_user_compressed, offline)
+        if "pruned" in extra_systems:
+            from .pruning import SentencePruner
+
+            pruner = SentencePruner.for_model(model)
+            pruner.encoder.to(where)
+            plain = runs["uncompressed"].args[0]
+            runs["pruned"] = functools.partial(_user_pruned, pruner, plain, model.tokenizer, model.config)
         settings["compressor"] = model.config.compressor_type
         settings["doc_tokens"] = model.config.doc_max_length
         settings["attention"] = getattr(model.generator.config, "_attn_implementation", None)
@@ -528,11 +573,20 @@ def run_user_benchmark(
             )
             for run in runs.values():  # warm-up
                 run(questions[:1], documents[:1], 2)
-            times = {f"{s}_{kind}": [] for s in runs for kind in ("seconds", "first_token_seconds")}
-            progress = logging.tqdm(total=4 * repetitions, desc=f"user path {dtype} batch {batch_size}", unit="run")
+            if offline is not None:  # the store: vectors computed before the timing
+                runs["offline"](questions, documents, 1)
+
+            def kinds(name):  # the first token is timed for the two main systems
+                first = (("first_token_seconds", 1),) if name in ("compressed", "uncompressed") else ()
+                return (("seconds", new_tokens), *first)
+
+            times = {f"{s}_{kind}": [] for s in runs for kind, _ in kinds(s)}
+            progress = logging.tqdm(
+                total=len(times) * repetitions, desc=f"user path {dtype} batch {batch_size}", unit="run"
+            )
             for _ in range(repetitions):  # interleaved
                 for name, run in runs.items():
-                    for kind, tokens in (("seconds", new_tokens), ("first_token_seconds", 1)):
+                    for kind, tokens in kinds(name):
                         _synchronize(where)
                         began = time.perf_counter()
                         run(questions, documents, tokens)
@@ -545,14 +599,28 @@ def run_user_benchmark(
             entry["first_token_speedup"] = round(
                 entry["uncompressed_first_token_seconds"] / entry["compressed_first_token_seconds"], 3
             )
-            entry["flops_ratio_analytic"] = round(analytic_flops(model, questions, documents, new_tokens)["ratio"], 3)
+            flops = analytic_flops(model, questions, documents, new_tokens)
+            entry["flops_ratio_analytic"] = round(flops["ratio"], 3)
+            for name in runs:
+                if name not in ("compressed", "uncompressed"):
+                    entry[f"{name}_speedup"] = round(entry["uncompressed_seconds"] / entry[f"{name}_seconds"], 3)
+            if offline is not None:
+                offline_flops = analytic_flops(offline, questions, documents, new_tokens)
+                entry["offline_flops_ratio_analytic"] = round(
+                    flops["uncompressed"] / offline_flops["compressed_generator"], 3
+                )
+                entry["offline_with_compression_flops_ratio_analytic"] = round(offline_flops["ratio"], 3)
+            if pruner is not None:
+                pruned = [pruner.prune(q, d) for q, d in zip(questions, documents)]
+                pruned_flops = analytic_flops(model, questions, pruned, new_tokens)["uncompressed"]
+                entry["pruned_flops_ratio_analytic"] = round(flops["uncompressed"] / pruned_flops, 3)
             stages = [user_stages(model, questions, documents, new_tokens, where) for _ in range(repetitions)]
             entry["compressed_stages_seconds"] = {
                 stage: round(statistics.median(s[stage] for s in stages), 4) for stage in stages[0]
             }
             entry["all_runs"] = {k: [round(t, 4) for t in v] for k, v in times.items()}
             per_batch[str(batch_size)] = entry
-        del model, runs
+        del model, runs, offline, pruner
         gc.collect()
         if where.type == "cuda":
             torch.cuda.empty_cache()
@@ -579,6 +647,9 @@ def run_user_benchmark(
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark-user.json").write_text(json.dumps(result, indent=2))
+        from ..report import user_benchmark_markdown
+
+        (out / "benchmark-user.md").write_text(user_benchmark_markdown(result))
         plot_user_benchmark(result, out / "benchmark-user.png")
     return result
 
