@@ -75,6 +75,11 @@ def parse(argv=None) -> argparse.Namespace:
         "(`ScaleDownTrainingArguments.autoencoding_mix`).",
     )
     parser.add_argument(
+        "--answer-document-first",
+        action="store_true",
+        help="Each training row's first answer-bearing document on top (`answer_document_first`).",
+    )
+    parser.add_argument(
         "--freeze-generator",
         action="store_true",
         help="Keep the generator's adapters fixed in the question-answering steps (`freeze_generator`).",
@@ -221,6 +226,7 @@ def main(argv=None):
             kl_weight=options.kl_weight,
             hidden_distillation_weight=options.hidden_weight,
             autoencoding_mix=options.autoencoding_mix,
+            answer_document_first=options.answer_document_first,
             freeze_generator=options.freeze_generator,
             freeze_compressor=options.freeze_compressor,
         )

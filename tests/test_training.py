@@ -176,6 +176,31 @@ def test_collator_builds_the_raw_document_teacher_prompts():
     assert "teacher_input_ids" not in ScaleDownDataCollator.from_model(model)(rows(3))
 
 
+def test_collator_puts_the_answer_bearing_document_first():
+    """`answer_document_first`: the first document containing a gold answer moves to the top with its teacher
+    score; rows without one, or without gold answers, keep the retrieval order."""
+    model = make_scaledown(enable_reranking=True)
+    rows = [
+        {"question": "Capital?", "documents": ["Berlin is in Germany.", "Rome.", "PARIS is the capital."],
+         "gold_answers": ["Paris"], "teacher_answer": "Paris", "teacher_scores": [0.1, 0.2, 0.3]},
+        {"question": "Capital?", "documents": ["Berlin is in Germany.", "Rome."], "gold_answers": ["Madrid"],
+         "teacher_answer": "Madrid", "teacher_scores": [0.1, 0.2]},
+        {"question": "Capital?", "documents": ["Berlin is in Germany.", "Rome."], "teacher_answer": "x",
+         "teacher_scores": [0.1, 0.2]},
+    ]  # fmt: skip
+    collator = ScaleDownDataCollator.from_model(model, num_train_documents=1, answer_document_first=True)
+    moved = [collator._answer_document_first(row) for row in rows]
+    assert moved[0]["documents"] == ["PARIS is the capital.", "Berlin is in Germany.", "Rome."]
+    assert moved[0]["teacher_scores"] == [0.3, 0.1, 0.2]
+    assert moved[1] is rows[1] and moved[2] is rows[2]
+    batch = collator(rows)
+    plain = ScaleDownDataCollator.from_model(model, num_train_documents=1)(rows)
+    first_row = model.compressor_tokenizer.decode(batch["compressor_input_ids"][0])
+    assert "PARIS" in first_row and "PARIS" not in model.compressor_tokenizer.decode(plain["compressor_input_ids"][0])
+    assert batch["teacher_scores"].tolist()[0] == pytest.approx(0.3)
+    assert ScaleDownTrainingArguments(output_dir="x", use_cpu=True, answer_document_first=True).answer_document_first
+
+
 def test_collator_mixes_auto_encoding_rows_of_the_top_document():
     """`autoencoding_mix`: the drawn rows read their top document without the query and target its text under the
     pretraining instruction; the other rows are the usual question-answering rows, unchanged."""

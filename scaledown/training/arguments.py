@@ -91,6 +91,14 @@ class ScaleDownArgumentsMixin:
             "while the generator learns to answer. 0 = OSCAR's recipe."
         },
     )
+    answer_document_first: bool = field(
+        default=False,
+        metadata={
+            "help": "Put each training row's first document containing a gold answer on top (rows need "
+            "`gold_answers`): with the top document read, the memory is worth reading in every such row. False = "
+            "retrieval order (OSCAR)."
+        },
+    )
     num_train_documents: int = field(default=5, metadata={"help": "Top documents per query used in training."})
     max_answer_length: int = field(default=128, metadata={"help": "Answer tokens kept as targets."})
     pad_to_fixed_length: bool = field(

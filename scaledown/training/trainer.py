@@ -141,6 +141,7 @@ class DistillationTrainerMixin:
                 max_prompt_length=getattr(args, "max_prompt_length", None),
                 raw_document_teacher=getattr(args, "raw_document_teacher", False),
                 autoencoding_mix=getattr(args, "autoencoding_mix", 0.0),
+                answer_document_first=getattr(args, "answer_document_first", False),
                 seed=getattr(args, "seed", 0),
             )
         if isinstance(data_collator, ScaleDownDataCollator) and train_dataset is not None:
