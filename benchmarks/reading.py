@@ -152,6 +152,10 @@ def main(argv=None):
     torch.manual_seed(options.seed)
     if options.model:
         model = ScaleDownForCausalLM.from_pretrained(options.model)
+        # The folder's own memory path is what is measured: record it, not this script's defaults.
+        options.num_compressor_layers = model.config.num_compressor_layers
+        options.memory_injection_layer = model.config.memory_injection_layer
+        options.memory_slots = model.config.memory_slots
     else:
         model = ScaleDownForCausalLM.from_generator(
             str(smollm2_path()),

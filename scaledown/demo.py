@@ -57,6 +57,28 @@ class DemoSettings:
             "question answering only)."
         },
     )
+    learning_rate_generator_warmup: float = field(default=5e-4, metadata={"help": "LoRA rate of the warm-up."})
+    learning_rate_compressor_warmup: float = field(default=2e-4, metadata={"help": "Compressor rate of the warm-up."})
+    warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Auto-encoding warm-up steps before question answering (`scaledown pretrain` on the training "
+            "documents): the memory path learns to carry the documents first (0: none, OSCAR)."
+        },
+    )
+    freeze_compressor: bool = field(
+        default=False,
+        metadata={"help": "Keep the warmed-up compressor fixed while the generator learns to answer."},
+    )
+    answer_field: str = field(
+        default="teacher_answer",
+        metadata={"help": "Training target: teacher_answer (self-distillation, labels the training split) or "
+                  "gold_answers (no training labels needed)."},
+    )  # fmt: skip
+    answer_document_first: bool = field(
+        default=False, metadata={"help": "Each training row's first answer-bearing document on top."}
+    )
+    max_steps: int = field(default=-1, metadata={"help": "Question-answering steps (-1: `epochs` over the data)."})
     kl_weight: float = field(
         default=0.0, metadata={"help": "KL to the raw-document teacher's answer distribution (0: CE only, OSCAR)."}
     )
@@ -163,7 +185,7 @@ def run_demo(settings: DemoSettings) -> dict:
             bi_encoder=_relevance_teacher(),
             batch_size=settings.label_batch_size,
             max_new_tokens=settings.teacher_max_new_tokens,
-            with_answers=["train"],
+            with_answers=["train"] if settings.answer_field == "teacher_answer" else [],
         )
     test_rows = labelled["test"].to_list()
 
@@ -179,10 +201,16 @@ def run_demo(settings: DemoSettings) -> dict:
         )
         (out / "eval_before.json").write_text(json.dumps(before, indent=2))
 
+    warmup = None
+    if settings.warmup_steps > 0:
+        with _stage("warm-up", timings):
+            warmup = _warm_up(model, labelled["train"], settings, out, use_cpu)
+
     with _stage("train", timings):
         args = ScaleDownTrainingArguments(
             output_dir=str(out / "checkpoints"),
             num_train_epochs=settings.epochs,
+            max_steps=settings.max_steps,
             per_device_train_batch_size=settings.batch_size,
             learning_rate_generator=settings.learning_rate_generator,
             learning_rate_compressor=settings.learning_rate_compressor,
@@ -193,6 +221,9 @@ def run_demo(settings: DemoSettings) -> dict:
             kl_weight=settings.kl_weight,
             hidden_distillation_weight=settings.hidden_distillation_weight,
             autoencoding_mix=settings.autoencoding_mix,
+            answer_field=settings.answer_field,
+            answer_document_first=settings.answer_document_first,
+            freeze_compressor=settings.freeze_compressor,
             logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
             save_strategy="no",
             seed=settings.seed,
@@ -248,6 +279,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "generator": generator,
         "model_dir": str(model_dir.resolve()),
         "data": {**read_data_record(out / "data-labelled"), "questions": {s: len(labelled[s]) for s in labelled}},
+        "warm_up": warmup,
         "train": {**train_result.metrics, "log_history": trainer.state.log_history},
         "training_arguments": json.loads(args.to_json_string()),
         "eval_before": {k: v for k, v in before.items() if k != "records"},
@@ -260,6 +292,45 @@ def run_demo(settings: DemoSettings) -> dict:
     write_report(run, out)
     write_model_card(model_dir, run)
     return run
+
+
+def _warm_up(model, train, settings: DemoSettings, out: Path, use_cpu: bool) -> dict:
+    """The auto-encoding warm-up (`scaledown pretrain`'s task) on the training split's documents: the compressor
+    reads each document alone and the generator rebuilds it from the memory. Returns the trainer's metrics."""
+    from datasets import Dataset
+
+    from .training.arguments import ScaleDownTrainingArguments
+    from .training.pretraining import PretrainingCollator, make_pretraining_rows
+    from .training.trainer import ScaleDownTrainer
+
+    needed = settings.warmup_steps * settings.batch_size
+    texts = list(dict.fromkeys(d for documents in train["documents"] for d in documents))
+    rows = make_pretraining_rows(
+        texts, model.compressor_tokenizer, model.config.doc_max_length, autoencoding_ratio=1.0, seed=settings.seed
+    )
+    rows = (rows * (needed // max(len(rows), 1) + 1))[:needed]  # a small corpus is read again
+    args = ScaleDownTrainingArguments(
+        output_dir=str(out / "warm-up"),
+        max_steps=settings.warmup_steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate_generator=settings.learning_rate_generator_warmup,
+        learning_rate_compressor=settings.learning_rate_compressor_warmup,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        seed=settings.seed,
+        use_cpu=use_cpu,
+        disable_tqdm=False,
+    )
+    trainer = ScaleDownTrainer(
+        model=model,
+        args=args,
+        data_collator=PretrainingCollator.from_model(model),
+        train_dataset=Dataset.from_list(rows),
+    )
+    result = trainer.train()
+    return {**result.metrics, "documents": len(texts), "log_history": trainer.state.log_history}
 
 
 def _relevance_teacher():

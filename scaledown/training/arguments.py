@@ -54,7 +54,8 @@ class ScaleDownArgumentsMixin:
     freeze_compressor: bool = field(
         default=False,
         metadata={
-            "help": "Keep compressor, projector and heads fixed in this run (only the generator's adapters learn)."
+            "help": "Keep the memory path (compressor, projector, slot scorer) fixed in this run: the generator's "
+            "adapters (and the reranking head, when on) learn. E.g. after an auto-encoding warm-up."
         },
     )
     reranking_loss_weight: float = field(

@@ -53,9 +53,13 @@ def default_compressor_learning_rate(compressor_type: str) -> float:
 
 
 def parameter_side(name: str) -> str:
-    """`"generator"` for a parameter of the generator (its LoRA adapters), `"compressor"` for everything else
-    (compressor, projector, reranking head, slot scorer)."""
-    return "generator" if ".generator." in f".{name}" else "compressor"
+    """`"generator"` for a parameter of the generator (its LoRA adapters), `"reranking_head"` for the relevance
+    head (a readout of the compressor, trained even while the memory path is frozen), `"compressor"` for the memory
+    path (compressor, projector, slot scorer)."""
+    name = f".{name}"
+    if ".generator." in name:
+        return "generator"
+    return "reranking_head" if ".rerank_head." in name else "compressor"
 
 
 def frozen_sides(args) -> tuple[str, ...]:
@@ -66,7 +70,7 @@ def frozen_sides(args) -> tuple[str, ...]:
 def prepare_model_for_training(model, frozen: tuple[str, ...] = ()) -> int:
     """ScaleDown's training rule, applied by the trainers: the generator's own weights stay fixed and only its active
     LoRA adapters learn (peft's `BaseTunerLayer.set_adapter` marks them), the compressor side (compressor, projector,
-    reranking head, slot scorer) learns fully; the sides named in `frozen` ([`parameter_side`]) learn nothing.
+    slot scorer) and the reranking head learn fully; the sides named in `frozen` ([`parameter_side`]) learn nothing.
     A model loaded with `from_pretrained` carries no such rule: training it goes through here. Returns how many
     parameters train; raises if none does."""
     model = unwrap(model)
@@ -79,7 +83,7 @@ def prepare_model_for_training(model, frozen: tuple[str, ...] = ()) -> int:
                 module.set_adapter(module.active_adapters)
     for name, param in model.named_parameters():
         side = parameter_side(name)
-        if side == "compressor":
+        if side != "generator":
             param.requires_grad_(side not in frozen)
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     if trainable == 0:
@@ -90,8 +94,8 @@ def prepare_model_for_training(model, frozen: tuple[str, ...] = ()) -> int:
 def parameter_groups(
     model, decay_names, weight_decay: float, lr_generator=None, lr_compressor=None, frozen: tuple[str, ...] = ()
 ) -> list[dict]:
-    """AdamW parameter groups: generator LoRA adapters at `lr_generator` (default 1e-4), compressor + projector +
-    reranking head at `lr_compressor` (default: [`default_compressor_learning_rate`]), each split into decayed /
+    """AdamW parameter groups: generator LoRA adapters at `lr_generator` (default 1e-4), compressor + projector and
+    the reranking head at `lr_compressor` (default: [`default_compressor_learning_rate`]), each split into decayed /
     non-decayed (biases, norms). The sides named in `frozen` (`"generator"`, `"compressor"`) get no group: they do
     not move, and [`prepare_model_for_training`] stops their gradients."""
     config = unwrap(model).config
