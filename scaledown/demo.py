@@ -37,16 +37,16 @@ class DemoSettings:
     )
     enable_reranking: bool = field(default=True, metadata={"help": "Train and evaluate the relevance head."})
     data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
-    train_questions: int = field(default=160, metadata={"help": "Training questions."})
+    train_questions: int = field(default=800, metadata={"help": "Training questions."})
     eval_questions: int = field(default=80, metadata={"help": "Held-out questions."})
-    num_train_documents: int = field(default=5, metadata={"help": "Documents per training question."})
+    num_train_documents: int = field(default=1, metadata={"help": "Documents per training question (OSCAR: 5)."})
     num_eval_documents: int = field(default=10, metadata={"help": "Documents per held-out question."})
     teacher_max_new_tokens: int = field(default=48, metadata={"help": "Teacher answer length."})
     label_batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
     batch_size: int = field(default=4, metadata={"help": "Training batch size."})
-    learning_rate_generator: float = field(default=5e-4, metadata={"help": "LoRA learning rate (paper: 1e-4)."})
-    learning_rate_compressor: float = field(default=2e-4, metadata={"help": "Compressor learning rate (paper: 5e-5)."})
+    learning_rate_generator: float = field(default=1e-4, metadata={"help": "LoRA learning rate (paper: 1e-4)."})
+    learning_rate_compressor: float = field(default=5e-5, metadata={"help": "Compressor learning rate (paper: 5e-5)."})
     lr_scheduler_type: str = field(
         default="constant", metadata={"help": "Learning-rate schedule (paper: linear decay after a 5 % warmup)."}
     )
@@ -60,25 +60,25 @@ class DemoSettings:
     learning_rate_generator_warmup: float = field(default=5e-4, metadata={"help": "LoRA rate of the warm-up."})
     learning_rate_compressor_warmup: float = field(default=2e-4, metadata={"help": "Compressor rate of the warm-up."})
     warmup_steps: int = field(
-        default=0,
+        default=150,
         metadata={
             "help": "Auto-encoding warm-up steps before question answering (`scaledown pretrain` on the training "
             "documents): the memory path learns to carry the documents first (0: none, OSCAR)."
         },
     )
     freeze_compressor: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Keep the warmed-up compressor fixed while the generator learns to answer."},
     )
     answer_field: str = field(
-        default="teacher_answer",
+        default="gold_answers",
         metadata={"help": "Training target: teacher_answer (self-distillation, labels the training split) or "
                   "gold_answers (no training labels needed)."},
     )  # fmt: skip
     answer_document_first: bool = field(
-        default=False, metadata={"help": "Each training row's first answer-bearing document on top."}
+        default=True, metadata={"help": "Each training row's first answer-bearing document on top."}
     )
-    max_steps: int = field(default=-1, metadata={"help": "Question-answering steps (-1: `epochs` over the data)."})
+    max_steps: int = field(default=200, metadata={"help": "Question-answering steps (-1: `epochs` over the data)."})
     kl_weight: float = field(
         default=0.0, metadata={"help": "KL to the raw-document teacher's answer distribution (0: CE only, OSCAR)."}
     )
@@ -280,7 +280,11 @@ def run_demo(settings: DemoSettings) -> dict:
         "model_dir": str(model_dir.resolve()),
         "data": {**read_data_record(out / "data-labelled"), "questions": {s: len(labelled[s]) for s in labelled}},
         "warm_up": warmup,
-        "train": {**train_result.metrics, "log_history": trainer.state.log_history},
+        "train": {
+            **train_result.metrics,
+            "global_step": train_result.global_step,
+            "log_history": trainer.state.log_history,
+        },
         "training_arguments": json.loads(args.to_json_string()),
         "eval_before": {k: v for k, v in before.items() if k != "records"},
         "eval_after": {k: v for k, v in after.items() if k != "records"},
@@ -330,7 +334,12 @@ def _warm_up(model, train, settings: DemoSettings, out: Path, use_cpu: bool) -> 
         train_dataset=Dataset.from_list(rows),
     )
     result = trainer.train()
-    return {**result.metrics, "documents": len(texts), "log_history": trainer.state.log_history}
+    return {
+        **result.metrics,
+        "global_step": result.global_step,
+        "documents": len(texts),
+        "log_history": trainer.state.log_history,
+    }
 
 
 def _relevance_teacher():

@@ -19,8 +19,8 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     command = [sys.executable, "-m", "scaledown.cli", "demo", "--output-dir", str(out), "--train-questions", "8",
                "--eval-questions", "4", "--num-train-documents", "2", "--num-eval-documents", "3",
                "--teacher-max-new-tokens", "8", "--eval-max-new-tokens", "8", "--benchmark-batch-sizes", "1",
-               "--benchmark-repetitions", "1",
-               "--benchmark-profile", "false"]  # fmt: skip
+               "--benchmark-repetitions", "1", "--benchmark-profile", "false", "--warmup-steps", "2",
+               "--max-steps", "3"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "After training:" in result.stdout
@@ -35,10 +35,12 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     assert run["eval_before"]["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0
     assert "1" in run["benchmark"]["per_batch_size"]
     report = (out / "report.md").read_text()
-    assert "ScaleDown after training" in report and "uncompressed base generator" in report
+    assert "| ScaleDown (online compression) |" in report and "| uncompressed base generator" in report
+    assert run["warm_up"]["global_step"] == 2 and run["train"]["global_step"] == 3
+    assert "warm-up" in run["timings_seconds"]
     gain = run["eval_after"]["document_gain"]
     assert gain["num_documents"] == 1 and gain["questions"] == 4
-    share = f"{gain['gain_share']:.3f}" if "gain_share" in gain else "—"  # no share when the raw gain is <= 0
+    share = f"{gain['gain_share']:.4f}".rstrip("0").rstrip(".") if "gain_share" in gain else "—"  # none if raw <= 0
     assert f"gain share {share}" in report
     config = json.loads((out / "model" / "config.json").read_text())
     assert (config["memory_injection_layer"], config["memory_slots"]) == (5, "chunk_attention")
