@@ -37,7 +37,7 @@ class DemoSettings:
     )
     enable_reranking: bool = field(default=True, metadata={"help": "Train and evaluate the relevance head."})
     data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
-    train_questions: int = field(default=800, metadata={"help": "Training questions."})
+    train_questions: int = field(default=600, metadata={"help": "Training questions."})
     eval_questions: int = field(default=80, metadata={"help": "Held-out questions."})
     num_train_documents: int = field(default=1, metadata={"help": "Documents per training question (OSCAR: 5)."})
     num_eval_documents: int = field(default=10, metadata={"help": "Documents per held-out question."})
@@ -60,7 +60,7 @@ class DemoSettings:
     learning_rate_generator_warmup: float = field(default=5e-4, metadata={"help": "LoRA rate of the warm-up."})
     learning_rate_compressor_warmup: float = field(default=2e-4, metadata={"help": "Compressor rate of the warm-up."})
     warmup_steps: int = field(
-        default=150,
+        default=100,
         metadata={
             "help": "Auto-encoding warm-up steps before question answering (`scaledown pretrain` on the training "
             "documents): the memory path learns to carry the documents first (0: none, OSCAR)."
@@ -78,12 +78,16 @@ class DemoSettings:
     answer_document_first: bool = field(
         default=True, metadata={"help": "Each training row's first answer-bearing document on top."}
     )
-    max_steps: int = field(default=200, metadata={"help": "Question-answering steps (-1: `epochs` over the data)."})
+    max_steps: int = field(default=150, metadata={"help": "Question-answering steps (-1: `epochs` over the data)."})
     kl_weight: float = field(
         default=0.0, metadata={"help": "KL to the raw-document teacher's answer distribution (0: CE only, OSCAR)."}
     )
     hidden_distillation_weight: float = field(
         default=0.0, metadata={"help": "Cosine distance to the raw-document teacher's hidden states."}
+    )
+    evaluate_untrained: bool = field(
+        default=False,
+        metadata={"help": "Also answer the held-out questions with the untrained model (its Match is ~0; ~3 min)."},
     )
     gain_documents: int = field(
         default=1, metadata={"help": "Documents per held-out question for the document gain share (0: skip it)."}
@@ -129,7 +133,6 @@ def run_demo(settings: DemoSettings) -> dict:
     from .modeling_scaledown import ScaleDownForCausalLM
     from .offline_weights import smollm2_path
     from .report import write_report
-    from .training.arguments import ScaleDownTrainingArguments
     from .training.data import prepare_data, read_data_record
     from .training.labeling import label_dataset
     from .training.run import resolve_memory_injection_layer
@@ -196,6 +199,7 @@ def run_demo(settings: DemoSettings) -> dict:
             batch_size=settings.eval_batch_size,
             num_documents=settings.num_eval_documents,
             with_baseline=True,
+            with_compressed=settings.evaluate_untrained,
             teacher_is_baseline=True,
             max_new_tokens=settings.eval_max_new_tokens,
         )
@@ -207,11 +211,12 @@ def run_demo(settings: DemoSettings) -> dict:
             warmup = _warm_up(model, labelled["train"], settings, out, use_cpu)
 
     with _stage("train", timings):
-        args = ScaleDownTrainingArguments(
-            output_dir=str(out / "checkpoints"),
+        args = _training_arguments(
+            settings,
+            out / "checkpoints",
+            use_cpu,
             num_train_epochs=settings.epochs,
             max_steps=settings.max_steps,
-            per_device_train_batch_size=settings.batch_size,
             learning_rate_generator=settings.learning_rate_generator,
             learning_rate_compressor=settings.learning_rate_compressor,
             lr_scheduler_type=settings.lr_scheduler_type,
@@ -225,10 +230,6 @@ def run_demo(settings: DemoSettings) -> dict:
             answer_document_first=settings.answer_document_first,
             freeze_compressor=settings.freeze_compressor,
             logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
-            save_strategy="no",
-            seed=settings.seed,
-            use_cpu=use_cpu,
-            disable_tqdm=False,
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=labelled["train"])
         train_result = trainer.train()
@@ -298,12 +299,26 @@ def run_demo(settings: DemoSettings) -> dict:
     return run
 
 
+def _training_arguments(settings: DemoSettings, folder: Path, use_cpu: bool, **phase):
+    """The training arguments every phase of the demo shares (batch, seed, device, no checkpoints), plus its own."""
+    from .training.arguments import ScaleDownTrainingArguments
+
+    return ScaleDownTrainingArguments(
+        output_dir=str(folder),
+        per_device_train_batch_size=settings.batch_size,
+        save_strategy="no",
+        seed=settings.seed,
+        use_cpu=use_cpu,
+        disable_tqdm=False,
+        **phase,
+    )
+
+
 def _warm_up(model, train, settings: DemoSettings, out: Path, use_cpu: bool) -> dict:
     """The auto-encoding warm-up (`scaledown pretrain`'s task) on the training split's documents: the compressor
     reads each document alone and the generator rebuilds it from the memory. Returns the trainer's metrics."""
     from datasets import Dataset
 
-    from .training.arguments import ScaleDownTrainingArguments
     from .training.pretraining import PretrainingCollator, make_pretraining_rows
     from .training.trainer import ScaleDownTrainer
 
@@ -313,19 +328,16 @@ def _warm_up(model, train, settings: DemoSettings, out: Path, use_cpu: bool) -> 
         texts, model.compressor_tokenizer, model.config.doc_max_length, autoencoding_ratio=1.0, seed=settings.seed
     )
     rows = (rows * (needed // max(len(rows), 1) + 1))[:needed]  # a small corpus is read again
-    args = ScaleDownTrainingArguments(
-        output_dir=str(out / "warm-up"),
+    args = _training_arguments(
+        settings,
+        out / "warm-up",
+        use_cpu,
         max_steps=settings.warmup_steps,
-        per_device_train_batch_size=settings.batch_size,
         learning_rate_generator=settings.learning_rate_generator_warmup,
         learning_rate_compressor=settings.learning_rate_compressor_warmup,
         lr_scheduler_type="constant",
         warmup_ratio=0.0,
         logging_steps=10,
-        save_strategy="no",
-        seed=settings.seed,
-        use_cpu=use_cpu,
-        disable_tqdm=False,
     )
     trainer = ScaleDownTrainer(
         model=model,

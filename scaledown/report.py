@@ -20,6 +20,11 @@ def _fmt(value, digits=4):
     return str(value)
 
 
+def _header(columns: list[str]) -> list[str]:
+    """The two header lines of a markdown table."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 # Systems of an evaluation report, in table order: key -> label.
 SYSTEMS = {
     "uncompressed": "uncompressed base generator (raw documents)",
@@ -39,10 +44,9 @@ def systems_table(report: dict, before: dict | None = None, labels: dict | None 
     uncompressed generator, ± standard error), EM, F1, ROUGE-L, teacher fidelity and answering seconds. `before` (a
     report of the untrained model on the same rows) adds its ScaleDown row."""
     labels = {**SYSTEMS, **(labels or {})}
-    lines = [
-        "| system | Match | Match − uncompressed (paired) | EM | F1 | ROUGE-L | teacher ROUGE-L | answer s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        ["system", "Match", "Match − uncompressed (paired)", "EM", "F1", "ROUGE-L", "teacher ROUGE-L", "answer s"]
+    )
     rows = [(labels["uncompressed"], report, "uncompressed")]
     if "uncompressed" not in report and before and "uncompressed" in before:
         rows = [(labels["uncompressed"], before, "uncompressed")]
@@ -94,20 +98,15 @@ def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str
         return []
     s = bench["settings"]
     extra = [k for k in ("pruned", "offline") if any(f"{k}_seconds" in r for r in bench["per_batch_size"].values())]
-    header = "| batch | uncompressed s | ScaleDown s (compressor + generator) | speed-up | FLOPs ratio |"
-    rule = "|---|---|---|---|---|"
-    for key in extra:
-        header += f" {key} s | {key} speed-up |"
-        rule += "---|---|"
-    header += " peak memory ScaleDown / uncompressed (MiB) |"
-    rule += "---|"
+    columns = ["batch", "uncompressed s", "ScaleDown s (compressor + generator)", "speed-up", "FLOPs ratio"]
+    columns += [c for key in extra for c in (f"{key} s", f"{key} speed-up")]
+    columns += ["peak memory ScaleDown / uncompressed (MiB)"]
     lines = [
         f"{s['num_documents']} documents × {s['doc_tokens']} tokens, {s['query_tokens']}-token query, "
         f"{s['new_tokens']} new tokens, {hardware or s['device']} ({s['dtype']}), medians of "
         f"{s.get('repetitions', '?')} interleaved repetitions.",
         "",
-        header,
-        rule,
+        *_header(columns),
     ]
     for batch, r in bench["per_batch_size"].items():
         memory = r.get("peak_memory_mib", {})
@@ -148,14 +147,9 @@ def user_benchmark_markdown(result: dict) -> str:
     }
     for dtype, per_batch in result["per_dtype"].items():
         extra = [n for n in names if any(f"{n}_seconds" in e for e in per_batch.values())]
-        header = "| dtype | batch | uncompressed s | ScaleDown s | ScaleDown speed-up | first token speed-up |"
-        rule = "|---|---|---|---|---|---|"
-        for name in extra:
-            header += f" {names[name]} speed-up |"
-            rule += "---|"
-        header += " peak memory ScaleDown / uncompressed |"
-        rule += "---|"
-        lines += [header, rule]
+        columns = ["dtype", "batch", "uncompressed s", "ScaleDown s", "ScaleDown speed-up", "first token speed-up"]
+        columns += [f"{names[name]} speed-up" for name in extra] + ["peak memory ScaleDown / uncompressed"]
+        lines += _header(columns)
         for batch, e in per_batch.items():
             memory = e.get("peak_memory_mib", {})
             row = (

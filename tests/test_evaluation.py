@@ -87,6 +87,10 @@ def test_evaluate_model_side_by_side():
     paired = report["paired"]["match_difference"]
     assert f"| {float(paired):.4f}".rstrip("0").rstrip(".") + " ± " in rows_of["ScaleDown (online compression)"]
     json.dumps(report)  # JSON-able
+    baseline_only = evaluate_model(model, rows[:2], num_documents=10, max_new_tokens=6, with_compressed=False)
+    assert "compressed" not in baseline_only and "paired" not in baseline_only
+    assert [r["uncompressed"] for r in baseline_only["records"]] == baseline[:2]
+    assert not any("compressed" in r for r in baseline_only["records"])
 
 
 def test_analytic_flops_favour_compression_on_long_documents():

@@ -49,6 +49,7 @@ def evaluate_model(
     batch_size: int = 8,
     num_documents: int = 10,
     with_baseline: bool = True,
+    with_compressed: bool = True,
     teacher_is_baseline: bool = False,
     with_document_gain: bool = False,
     pruner=None,
@@ -60,6 +61,7 @@ def evaluate_model(
 
     Returns a JSON-able report: settings, metrics per system (against gold answers and, for fidelity, against the
     teacher's answers), the paired Match comparison, reranking agreement, timings and per-question records. With
+    `with_compressed=False` answers with the other systems only (e.g. the baseline of an untrained model). With
     `teacher_is_baseline` (the teacher is the base generator with this very prompt and decoding, as in
     self-distillation) the uncompressed answers serve as the teacher's. With `with_document_gain`, also how much the
     documents lower the likelihood cost of the gold answer, compressed vs raw (see [`document_gain`]). With `pruner`
@@ -83,7 +85,9 @@ def evaluate_model(
         {"question": q, "gold_answers": list(r.get("gold_answers") or []), "teacher_answer": r.get("teacher_answer")}
         for q, r in zip(questions, rows)
     ]
-    timings = {"compressed_seconds": 0.0, "uncompressed_seconds": 0.0}
+    timings = {"compressed_seconds": 0.0} if with_compressed else {}
+    if with_baseline:
+        timings["uncompressed_seconds"] = 0.0
     if pruner is not None:
         timings["pruned_seconds"] = 0.0
     if offline_model is not None:
@@ -94,14 +98,15 @@ def evaluate_model(
     progress = logging.tqdm(total=len(rows), desc="evaluate", unit="q")
     for start in range(0, len(rows), batch_size):
         batch_q, batch_d = questions[start : start + batch_size], documents[start : start + batch_size]
-        began = time.perf_counter()
-        compressed = model.compress_for_questions(batch_q, batch_d)
-        answers = model.generate_from_compressed(batch_q, compressed, **generate_kwargs)
-        timings["compressed_seconds"] += time.perf_counter() - began
-        for offset, answer in enumerate(answers):
-            records[start + offset]["compressed"] = answer
-            if compressed.rerank_scores is not None:
-                records[start + offset]["rerank_scores"] = compressed.rerank_scores[offset].float().tolist()
+        if with_compressed:
+            began = time.perf_counter()
+            compressed = model.compress_for_questions(batch_q, batch_d)
+            answers = model.generate_from_compressed(batch_q, compressed, **generate_kwargs)
+            timings["compressed_seconds"] += time.perf_counter() - began
+            for offset, answer in enumerate(answers):
+                records[start + offset]["compressed"] = answer
+                if compressed.rerank_scores is not None:
+                    records[start + offset]["rerank_scores"] = compressed.rerank_scores[offset].float().tolist()
         if with_baseline:
             began = time.perf_counter()
             baseline = model.generate_uncompressed(batch_q, batch_d, **generate_kwargs)
@@ -129,7 +134,8 @@ def evaluate_model(
             record["teacher_answer"] = record["uncompressed"]
 
     qa = load_metric("rag_qa")
-    systems = ["compressed"] + (["uncompressed"] if with_baseline else []) + (["pruned"] if pruner else [])
+    systems = (["compressed"] if with_compressed else []) + (["uncompressed"] if with_baseline else [])
+    systems += ["pruned"] if pruner else []
     systems += ["offline"] if offline_model is not None else []
     report = {
         "questions": len(rows),
@@ -148,9 +154,10 @@ def evaluate_model(
             r[f"{system}_match"] = match_one(r[system], r["gold_answers"]) if r["gold_answers"] else None
     if with_baseline:
         scored = [r for r in records if r["gold_answers"]]
-        report["paired"] = paired_match(
-            [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
-        )
+        if with_compressed:
+            report["paired"] = paired_match(
+                [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]
+            )
         for system in ("pruned", "offline"):
             if system in systems:
                 report[f"paired_{system}"] = paired_match(
