@@ -253,6 +253,7 @@ def run_demo(settings: DemoSettings) -> dict:
             record["uncompressed"] = previous["uncompressed"]
             record["uncompressed_match"] = previous["uncompressed_match"]
         after["uncompressed"] = before["uncompressed"]
+        after["timings"]["uncompressed_seconds"] = before["timings"]["uncompressed_seconds"]
         scored = [r for r in after["records"] if r["gold_answers"]]
         after["paired"] = paired_match(
             [r["compressed_match"] for r in scored], [r["uncompressed_match"] for r in scored]

@@ -39,6 +39,26 @@ def _paired_key(system: str) -> str | None:
     return {"compressed": "paired", "pruned": "paired_pruned", "offline": "paired_offline"}.get(system)
 
 
+def data_sentence(data, args: dict | None = None) -> str:
+    """What the run recorded about its data (`scaledown_data.json` of prepare-data/label), and nothing else."""
+    if not isinstance(data, dict) or not data:
+        return "The run recorded no description of its data."
+    questions = data.get("questions") or {}
+    parts = [f"Data: {', '.join(map(str, data['sources']))}" if data.get("sources") else "Data"]
+    if questions:
+        parts.append(", ".join(f"{n} {split} questions" for split, n in questions.items()))
+    if data.get("split"):
+        parts.append(f"split {data['split']}")
+    if data.get("retriever"):
+        top_k = data.get("top_k") or {}
+        counts = "/".join(f"{top_k[s]} ({s})" for s in ("train", "test") if s in top_k)
+        counts = counts or (args or {}).get("num_train_documents", "?")
+        parts.append(f"{data['retriever']} top-{counts} of {data.get('doc_max_length', '?')}-token chunks")
+    if data.get("teacher"):
+        parts.append(f"teacher `{data['teacher']}`")
+    return "; ".join(parts) + "."
+
+
 def systems_table(report: dict, before: dict | None = None, labels: dict | None = None) -> list[str]:
     """Markdown table of every system in the evaluation `report`: Match (and its paired difference to the
     uncompressed generator, ± standard error), EM, F1, ROUGE-L, teacher fidelity and answering seconds. `before` (a
@@ -264,7 +284,7 @@ def write_report(run: dict, output_dir) -> Path:
         "# ScaleDown run report",
         "",
         f"Generator `{run['generator']}`, compressor: {settings.get('num_compressor_layers')} generator layers, "
-        f"hardware: {run.get('hardware')}. Data: {run['data']} questions (train / held-out split by article).",
+        f"hardware: {run.get('hardware')}. {data_sentence(run.get('data'), settings)}",
         "",
         "## Quality on the held-out split",
         "",

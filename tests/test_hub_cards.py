@@ -73,7 +73,7 @@ def test_card_carries_the_runs_numbers_and_metadata(folder):
     assert "2504.07109" in text and "Limitations" in text
     assert "| memory enters the generator | as input embeddings (OSCAR) |" in text
     assert "Data: squad_v1.1_dev_sample.json; 160 train questions, 80 test questions; split by article" in text
-    assert "bm25 top-5 of 128-token chunks; teacher `SmolLM2-135M-Instruct`." in text
+    assert "bm25 top-5 (train)/10 (test) of 128-token chunks; teacher `SmolLM2-135M-Instruct`." in text
 
 
 def test_card_states_only_recorded_data_facts(folder):
@@ -82,7 +82,7 @@ def test_card_states_only_recorded_data_facts(folder):
                              "top_k": {"train": 3}, "questions": {"train": 10}}}  # fmt: skip
     card = ModelCard.load(write_model_card(folder, other))
     assert card.data.to_dict().get("datasets") is None
-    assert "SQuAD" not in card.text and "my_faq.jsonl" in card.text and "dense:minilm top-3 of 64-token" in card.text
+    assert "SQuAD" not in card.text and "my_faq.jsonl" in card.text and "dense:minilm top-3 (train) of 64-token" in card.text
     card = ModelCard.load(write_model_card(folder, {**RUN, "data": None}))
     assert "The run recorded no description of its data." in card.text and "BM25" not in card.text
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_scaledown import DEFAULT_LORA_CONFIG, LORA_SHORTHANDS
-from ..report import benchmark_table, evaluation_markdown
+from ..report import benchmark_table, data_sentence, evaluation_markdown
 
 
 KNOWN_BASES = {
@@ -197,7 +197,7 @@ def _training_section(run: dict | None) -> list[str]:
         f"(`{args.get('answer_field', 'teacher_answer')}`) plus {args.get('reranking_loss_weight', 0.05)} × MSE of "
         "the relevance score against the teacher's"
         + (f", with {args['autoencoding_mix']:.0%} auto-encoding rows" if args.get("autoencoding_mix") else "")
-        + f". {_data_sentence(run.get('data'), args)}",
+        + f". {data_sentence(run.get('data'), args)}",
         "",
         "| hyper-parameter | value |",
         "|---|---|",
@@ -211,24 +211,6 @@ def _training_section(run: dict | None) -> list[str]:
         f"| hardware | {run.get('hardware', 'unknown')} |",
         "",
     ]
-
-
-def _data_sentence(data, args: dict) -> str:
-    """What the run recorded about its data (`scaledown_data.json` of prepare-data/label), and nothing else."""
-    if not isinstance(data, dict) or not data:
-        return "The run recorded no description of its data."
-    questions = data.get("questions") or {}
-    parts = [f"Data: {', '.join(map(str, data['sources']))}" if data.get("sources") else "Data"]
-    if questions:
-        parts.append(", ".join(f"{n} {split} questions" for split, n in questions.items()))
-    if data.get("split"):
-        parts.append(f"split {data['split']}")
-    if data.get("retriever"):
-        top_k = (data.get("top_k") or {}).get("train", args.get("num_train_documents"))
-        parts.append(f"{data['retriever']} top-{top_k} of {data.get('doc_max_length', '?')}-token chunks")
-    if data.get("teacher"):
-        parts.append(f"teacher `{data['teacher']}`")
-    return "; ".join(parts) + "."
 
 
 def _evaluation_section(run: dict | None) -> list[str]:
