@@ -82,7 +82,8 @@ def test_card_states_only_recorded_data_facts(folder):
                              "top_k": {"train": 3}, "questions": {"train": 10}}}  # fmt: skip
     card = ModelCard.load(write_model_card(folder, other))
     assert card.data.to_dict().get("datasets") is None
-    assert "SQuAD" not in card.text and "my_faq.jsonl" in card.text and "dense:minilm top-3 (train) of 64-token" in card.text
+    assert "SQuAD" not in card.text and "my_faq.jsonl" in card.text
+    assert "dense:minilm top-3 (train) of 64-token" in card.text
     card = ModelCard.load(write_model_card(folder, {**RUN, "data": None}))
     assert "The run recorded no description of its data." in card.text and "BM25" not in card.text
 
