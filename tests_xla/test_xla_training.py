@@ -92,7 +92,7 @@ def test_forward_on_xla_equals_the_cpu(variant):
     model = make_scaledown(enable_reranking=True, **variant).eval()
     data = rows(4)
     data[1]["documents"] = [ADVERSARIAL, *data[1]["documents"][1:]]
-    collator = ScaleDownDataCollator.from_model(model, max_documents=3, pad_to_fixed_length=True).fit(data)
+    collator = ScaleDownDataCollator.from_model(model, num_train_documents=3, pad_to_fixed_length=True).fit(data)
     batch = collator(data)
     reserved = torch.tensor(model.config.compressor_memory_token_ids)
     assert ((batch["compressor_input_ids"].unsqueeze(-1) == reserved).sum(dim=(1, 2)) == len(reserved)).all()
