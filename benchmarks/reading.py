@@ -68,6 +68,14 @@ def parse(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--autoencoding-ratio", type=float, default=0.5, help="Share of auto-encoding rows.")
     parser.add_argument(
+        "--autoencoding-learning-rates",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("GENERATOR", "COMPRESSOR"),
+        help="Learning rates of the warm-up steps (default: the question-answering ones).",
+    )
+    parser.add_argument(
         "--autoencoding-mix",
         type=float,
         default=0.0,
@@ -110,19 +118,22 @@ def record_run(path: Path, run: dict) -> None:
 
 def training_arguments(options, folder: str, steps: int, **overrides) -> ScaleDownTrainingArguments:
     """What every phase of a reading run shares (batch, learning rates, seed, CPU, no saving), plus its own."""
+    settings = {
+        "learning_rate_generator": options.learning_rate_generator,
+        "learning_rate_compressor": options.learning_rate_compressor,
+        **overrides,
+    }
     return ScaleDownTrainingArguments(
         output_dir=f"outputs/reading/{options.name}-{folder}",
         max_steps=steps,
         per_device_train_batch_size=options.batch_size,
-        learning_rate_generator=options.learning_rate_generator,
-        learning_rate_compressor=options.learning_rate_compressor,
         logging_steps=10,
         save_strategy="no",
         seed=options.seed,
         use_cpu=True,
         report_to=[],
         disable_tqdm=True,
-        **overrides,
+        **settings,
     )
 
 
@@ -140,8 +151,12 @@ def warm_up(model, options, train) -> None:
         texts, tokenizer, length, autoencoding_ratio=options.autoencoding_ratio, seed=options.seed
     )
     rows = rows[:needed]
+    rates = {}
+    if options.autoencoding_learning_rates:
+        generator_rate, compressor_rate = options.autoencoding_learning_rates
+        rates = {"learning_rate_generator": generator_rate, "learning_rate_compressor": compressor_rate}
     args = training_arguments(options, "warm-up", options.autoencoding_steps, lr_scheduler_type="constant",
-                              warmup_ratio=0.0)  # fmt: skip
+                              warmup_ratio=0.0, **rates)  # fmt: skip
     collator = PretrainingCollator.from_model(model)
     ScaleDownTrainer(model=model, args=args, data_collator=collator, train_dataset=Dataset.from_list(rows)).train()
 

@@ -171,6 +171,21 @@ class PeakMemory:
         return False
 
 
+def make_resident(*models) -> None:
+    """Bring every weight of `models` into memory before a peak is measured, as a served model's are: weights loaded
+    from safetensors without a dtype change stay memory-mapped until first read (and merging LoRA adapters copies the
+    pages it writes), which a CPU's resident-memory peak would otherwise count as the first run's activations."""
+    for model in models:
+        if model is None:
+            continue
+        if hasattr(model, "_merge_for_inference"):
+            model._merge_for_inference()
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.device.type == "cpu" and tensor.numel():
+                    tensor.sum()
+
+
 def resolve_dtype(dtype: str | None, device: str | None) -> str | None:
     """`"auto"`: the device's fast dtype (`fast_dtype` of the modeling file: bfloat16 where it computes in it
     natively, how one would deploy; float32 on other CPUs); `None`: the checkpoint's dtype; otherwise the name given
@@ -206,6 +221,7 @@ def _memory_in_process(model, system: str, batch_size: int, settings: dict) -> f
     )
     generate_kwargs = {"max_new_tokens": settings["new_tokens"], "min_new_tokens": settings["new_tokens"]}
     run = _run_compressed if system == "compressed" else _run_uncompressed
+    make_resident(model)
     with PeakMemory(device) as peak:
         run(model, questions, documents, generate_kwargs)
     return peak.peak_mib
@@ -478,16 +494,19 @@ def _load_user_path(model_path, generator, dtype: str, device, systems=("compres
         runs["uncompressed"] = functools.partial(_user_uncompressed, plain, model.tokenizer, model.config)
     if "compressed" not in systems:  # the probe of the baseline keeps only the tokenizer side of the ScaleDown model
         del runs["compressed"]
-    return model, runs
+    return model, plain, runs
 
 
 def user_memory_probe(model_path, generator, system: str, batch_size: int, settings: dict) -> float:
     """Peak memory (MiB above the loaded models) of one user-path setting, run once in this (fresh) process."""
-    model, runs = _load_user_path(model_path, generator, settings["dtype"], settings.get("device"), systems=(system,))
+    model, plain, runs = _load_user_path(
+        model_path, generator, settings["dtype"], settings.get("device"), systems=(system,)
+    )
     questions, documents = benchmark_inputs(
         model.tokenizer, batch_size, settings["num_documents"], model.config.doc_max_length, settings["query_tokens"]
     )
     device = next(model.parameters()).device
+    make_resident(model if system == "compressed" else plain)
     with PeakMemory(device) as peak:
         runs[system](questions, documents, settings["new_tokens"])
     return peak.peak_mib
@@ -544,7 +563,7 @@ def run_user_benchmark(
     }
     results = {}
     for dtype in dtypes:
-        model, runs = _load_user_path(model_path, generator, dtype, device)
+        model, _, runs = _load_user_path(model_path, generator, dtype, device)
         where = next(model.parameters()).device
         offline = pruner = None
         if "offline" in extra_systems:
