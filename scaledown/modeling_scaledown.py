@@ -1,35 +1,31 @@
 # Copyright 2026 The ScaleDown Authors. Licensed under the Apache License, Version 2.0.
 """ScaleDown: OSCAR online soft compression and reranking (Louis et al., 2025, arXiv:2504.07109) for fast RAG.
 
-This file is copied next to every saved checkpoint as Hub remote code: it imports only torch, transformers, the
-configuration and processing files beside it and (guarded) peft. The text side (tokenisation, prompts, compressor
-rows, input checks) lives in `processing_scaledown.py` ([`ScaleDownProcessor`]).
+This file is only the model: compressor, projector, memory slots and injection, forward and generation. It is copied
+next to every saved checkpoint as Hub remote code, with the files it imports: `configuration_scaledown.py`,
+`processing_scaledown.py` (the text side: tokenisation, prompts, compressor rows, input checks, the processor),
+`adapters_scaledown.py` (the generator's LoRA adapters, through peft) and `saving_scaledown.py` (atomic folders, the
+adapter-only export, upload). Nothing else but torch, transformers and, guarded, peft.
 """
 
 import contextlib
 import copy
-import fnmatch
-import functools
 import inspect
 import os
-import shutil
-import tempfile
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
-from transformers.utils import ModelOutput, is_peft_available, logging
+from transformers.utils import ModelOutput, logging
 
+from .adapters_scaledown import ScaleDownAdapterMixin, model_lock, serialised
 from .configuration_scaledown import ScaleDownConfig
 from .processing_scaledown import (
     COMPRESSOR_TOKENIZER_FOLDER,
     TOKENIZER_HUB_KWARGS,
     ScaleDownProcessor,
-    add_reserved_tokens,
     build_compressor_inputs,
     build_generator_inputs,
     build_generator_prompt,
@@ -40,9 +36,11 @@ from .processing_scaledown import (
     max_compressor_length,
     memory_segments,
     pad_compressor_rows,
+    prepare_tokenizers,
     raw_document_segments,
     validate_rag_inputs,
 )
+from .saving_scaledown import LEGACY_KEY_MAPPING, ScaleDownSavingMixin, checkpoint_weight_names, grow_vocabulary
 
 
 try:  # transformers >= 5: init functions that respect already-loaded weights
@@ -52,33 +50,6 @@ except ImportError:  # transformers 4.x
 
 
 logger = logging.get_logger(__name__)
-
-# One re-entrant lock per model for its shared state: the generator's adapters (folded in, taken out or switched off),
-# the memory-injection hook and the tokenizers (a fast tokenizer's truncation settings are per-object state: two
-# threads tokenising at once fail with "Already borrowed"). Compression, generation, the forward pass and the
-# uncompressed baseline hold it while they run, so threads sharing a model are served one call at a time. Kept outside
-# the module, so that models stay deep-copyable and picklable.
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: nn.Module) -> threading.RLock:
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
-
-
-def _serialised(method):
-    """Run a public method of the model under its lock (see `_MODEL_LOCKS`)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with _model_lock(self):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 @dataclass
@@ -289,34 +260,6 @@ class ScaleDownProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(hidden_states)))
 
 
-# Weight names of folders saved before the projector was a named module (`projection = nn.Sequential(...)`).
-_LEGACY_KEY_MAPPING = {r"^projection\.0\.": "projector.linear_1.", r"^projection\.2\.": "projector.linear_2."}
-
-
-def _checkpoint_weight_names(path: str, subfolder: str, hub_kwargs: dict) -> set[str]:
-    """The weight names a saved folder (local or on the hub) holds, sharded or not, under today's names
-    ([`_LEGACY_KEY_MAPPING`])."""
-    import json
-    import re
-
-    from transformers.utils import cached_file
-
-    index = cached_file(
-        path, "model.safetensors.index.json", subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
-        **hub_kwargs,
-    )  # fmt: skip
-    if index is not None:
-        with open(index) as handle:
-            names = set(json.load(handle)["weight_map"])
-    else:
-        with open(cached_file(path, "model.safetensors", subfolder=subfolder, **hub_kwargs), "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")  # safetensors: header length, then the JSON header
-            names = set(json.loads(handle.read(size))) - {"__metadata__"}
-    for pattern, replacement in _LEGACY_KEY_MAPPING.items():
-        names = {re.sub(pattern, replacement, name) for name in names}
-    return names
-
-
 class ScaleDownSlotScorer(nn.Linear):
     """Score of every compressor position for `memory_slots="chunk_attention"`: each memory slot is the
     softmax(score)-weighted mean of its document chunk. Zero-initialised, so training starts from the plain means."""
@@ -344,7 +287,7 @@ class ScaleDownPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
 
-class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
+class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDownPreTrainedModel, GenerationMixin):
     r"""
     OSCAR-style retrieval-augmented generator with online, query-dependent soft compression of the documents.
 
@@ -360,9 +303,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
     """
 
     _auto_class = "AutoModelForCausalLM"
-    # Set by the `scaledown` package (absent from Hub remote code): model-card writer and one-commit folder upload.
-    model_card_writer = None
-    folder_pusher = None
 
     def __init__(self, config: ScaleDownConfig, generator: PreTrainedModel | None = None, compressor=None):
         super().__init__(config)
@@ -416,36 +356,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         self._adapters_disabled = False  # inside `generator_adapters_disabled`
         self.post_init()
         self._set_trainable()
-
-    # ------------------------------------------------------------------ construction helpers
-    def _inject_lora(self):
-        if not is_peft_available():
-            raise ImportError(
-                "This ScaleDown model uses LoRA (`use_lora=True`), which needs peft: `pip install peft`."
-            )
-        from peft import LoraConfig, inject_adapter_in_model
-
-        lora_config = LoraConfig(**{"bias": "none", **self.config.lora_config})
-        inject_adapter_in_model(lora_config, self.generator)
-        # The generator is already initialised: keep its init function away from the fresh adapters (LoRA B must stay
-        # zero). Under `from_pretrained` (meta tensors) the weights come from the checkpoint instead.
-        for module in self._adapter_modules():
-            for sub in module.modules():
-                if any(p.device.type == "meta" for p in sub.parameters(recurse=False)):
-                    continue
-                sub._is_hf_initialized = True
-                for param in sub.parameters(recurse=False):
-                    param._is_hf_initialized = True
-
-    def _set_trainable(self):
-        """Freeze the generator except its LoRA adapters; compressor, projector and reranking head train fully."""
-        self.generator.requires_grad_(False)
-        if self.config.use_lora:
-            for layer in self._lora_layers():
-                layer.set_adapter(layer.active_adapters)  # peft: the active adapters' weights train
-        for module in (self.compressor, self.projector, self.rerank_head, self.slot_scorer):
-            if module is not None:
-                module.requires_grad_(True)
 
     def get_input_embeddings(self):
         return self.generator.get_input_embeddings()
@@ -534,63 +444,25 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         config_kwargs.setdefault("generator_name_or_path", name_or_path or "")
         config = ScaleDownConfig(**config_kwargs)  # validates the settings before any heavy work
 
-        compressor_tokens = [
-            config.compressor_memory_token_template.format(i + 1) for i in range(config.num_memory_tokens)
-        ]
-        compressor_tokens += [config.document_separator_token]
-        if config.enable_reranking:
-            compressor_tokens.append(config.rerank_token)
-        own_special = set(getattr(tokenizer, "all_special_tokens", []))
-        if clash := sorted(own_special & {config.memory_token, *compressor_tokens}):
-            raise ValueError(
-                f"The reserved tokens {clash} are already special tokens of the generator's tokenizer: choose other "
-                "`memory_token` / `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
-            )
-        tokenizer = copy.deepcopy(tokenizer)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        add_reserved_tokens(tokenizer, [config.memory_token])
-
-        if config.compressor_type == "n_layers":
-            compressor_tokenizer = tokenizer
-        else:
+        if config.compressor_type != "n_layers":
             source = compressor if compressor is not None else config.compressor_name_or_path
             if isinstance(source, PreTrainedModel):
                 config.compressor_name_or_path = source.name_or_path or config.compressor_name_or_path
+                compressor = source
             else:  # the tokenizer (and the saved config) must name the compressor actually loaded
                 config.compressor_name_or_path = str(source)
             if compressor_tokenizer is None:
                 compressor_tokenizer = AutoTokenizer.from_pretrained(config.compressor_name_or_path)
-            compressor_tokenizer = copy.deepcopy(compressor_tokenizer)
-            if clash := sorted(set(getattr(compressor_tokenizer, "all_special_tokens", [])) & set(compressor_tokens)):
-                raise ValueError(
-                    f"The reserved tokens {clash} are already special tokens of the compressor's tokenizer: choose "
-                    "other `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
-                )
-            if compressor_tokenizer.pad_token is None:
-                compressor_tokenizer.pad_token = compressor_tokenizer.eos_token or compressor_tokenizer.unk_token
-            if not isinstance(source, PreTrainedModel):
-                compressor = AutoModel.from_pretrained(str(source), **compressor_kwargs)
-            else:
-                compressor = source
-        add_reserved_tokens(compressor_tokenizer, compressor_tokens)
-
-        _grow_vocabulary(generator, len(tokenizer))
-        config.memory_token_id = tokenizer.convert_tokens_to_ids(config.memory_token)
-        config.compressor_memory_token_ids = compressor_tokenizer.convert_tokens_to_ids(
-            compressor_tokens[: config.num_memory_tokens]
-        )
-        config.document_separator_token_id = compressor_tokenizer.convert_tokens_to_ids(
-            config.document_separator_token
-        )
-        if config.enable_reranking:
-            config.rerank_token_id = compressor_tokenizer.convert_tokens_to_ids(config.rerank_token)
+        tokenizer, compressor_tokenizer = prepare_tokenizers(config, tokenizer, compressor_tokenizer)
+        if config.compressor_type != "n_layers" and not isinstance(compressor, PreTrainedModel):
+            compressor = AutoModel.from_pretrained(config.compressor_name_or_path, **compressor_kwargs)
+        grow_vocabulary(generator, len(tokenizer))
         config.generator_config = generator.config
 
         if config.compressor_type == "n_layers":
             compressor = _copy_first_layers(generator, config)
         else:
-            _grow_vocabulary(compressor, len(compressor_tokenizer))
+            grow_vocabulary(compressor, len(compressor_tokenizer))
             config.compressor_config = compressor.config
         compressor.to(generator.device)
 
@@ -615,125 +487,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             generation_config.suppress_tokens = [self.config.memory_token_id]
         self.generation_config = generation_config
 
-    # ------------------------------------------------------------------ save / load
-    def save_pretrained(
-        self, save_directory, *args, model_card: dict | bool | None = None, adapter_only: bool = False, **kwargs
-    ):
-        """Save weights (safetensors), configuration, both code files (Hub remote code) and both tokenizers.
-
-        The compressor's tokenizer goes to the `compressor_tokenizer/` subfolder when it differs from the
-        generator's. `model_card=True` (or a run report dict, e.g. `run.json` of `scaledown demo`) also writes the
-        Hub model card (`README.md`), which needs the `scaledown` package. `push_to_hub=True` uploads the folder in
-        one commit afterwards (see `push_to_hub`).
-
-        `adapter_only=True` writes a light export: compressor, projector, reranking head, the generator's LoRA
-        adapters and its (extended) embeddings, with the base generator referenced by `config.generator_name_or_path`
-        (a hub id, or a folder). It loads like a full export wherever that base generator is reachable or cached.
-        """
-        push = kwargs.pop("push_to_hub", False)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "private", "revision", "create_pr", "commit_message",
-                                                 "token") if k in kwargs}  # fmt: skip
-        if kwargs.get("safe_serialization") is False:
-            raise ValueError("ScaleDown checkpoints are saved as safetensors only; drop `safe_serialization=False`.")
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update(
-            {
-                "AutoConfig": "configuration_scaledown.ScaleDownConfig",
-                "AutoModel": "modeling_scaledown.ScaleDownForCausalLM",
-                "AutoModelForCausalLM": "modeling_scaledown.ScaleDownForCausalLM",
-            }
-        )
-        self.config.auto_map = auto_map
-        if self.config._auto_class is None:
-            self.config._auto_class = "AutoConfig"
-        if adapter_only:
-            kwargs["state_dict"] = self._adapter_state_dict()
-            self.config.adapter_only = True
-        if not kwargs.get("is_main_process", True):  # only the main process writes
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        # Everything is written into a temporary sibling folder first, then installed (see `_install_folder`): a save
-        # that fails halfway leaves the previous folder untouched, and files of an earlier, different save go.
-        target = os.path.normpath(str(save_directory))
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        staging = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(target)}.saving-", dir=os.path.dirname(os.path.abspath(target))
-        )
-        try:
-            try:
-                super().save_pretrained(staging, *args, **kwargs)
-            finally:
-                if adapter_only:
-                    del self.config.adapter_only
-            if self.tokenizer is not None and self.compressor_tokenizer is not None:
-                self.processor.save_pretrained(staging)  # both tokenizers + processor_config.json
-            elif self.tokenizer is not None:
-                self.tokenizer.save_pretrained(staging)
-            if model_card:
-                writer = type(self).model_card_writer
-                if writer is None:
-                    logger.warning("Writing a model card needs the `scaledown` package: `pip install scaledown`.")
-                else:
-                    writer(staging, model_card if isinstance(model_card, dict) else None)
-            _install_folder(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if push:
-            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
-            self._push_folder(str(save_directory), repo_id, model_card, **hub_kwargs)
-
-    def _push_folder(self, folder: str, repo_id: str, model_card=None, **hub_kwargs):
-        pusher = type(self).folder_pusher
-        if pusher is None:
-            raise ImportError("Uploading a ScaleDown folder needs the `scaledown` package: `pip install scaledown`.")
-        run = model_card if isinstance(model_card, dict) else None
-        return pusher(folder, repo_id, run=run, **hub_kwargs)
-
-    def push_to_hub(self, repo_id: str, *args, model_card: dict | None = None, **kwargs):
-        """Upload weights, code, tokenizers and the model card (from `model_card`, a run report, when given) in one
-        commit. Takes `private`, `revision`, `create_pr`, `commit_message`, `token` (else `HF_TOKEN`). Without the
-        `scaledown` package (plain remote code) this is `PreTrainedModel.push_to_hub`."""
-        if type(self).folder_pusher is None:
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        hub_kwargs = {
-            k: kwargs[k] for k in ("private", "revision", "create_pr", "commit_message", "token") if k in kwargs
-        }
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return self._push_folder(folder, repo_id, model_card, **hub_kwargs)
-
-    def _adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the base generator's frozen weights (its LoRA adapters and embeddings are kept)."""
-        embeddings = {id(self.generator.get_input_embeddings().weight)}
-        output = self.generator.get_output_embeddings()
-        if output is not None:
-            embeddings.add(id(output.weight))
-        adapters = {id(p) for module in self._adapter_modules() for p in module.parameters()}
-        keep = {}
-        for name, param in self.state_dict(keep_vars=True).items():
-            if not name.startswith("generator.") or id(param) in adapters or id(param) in embeddings:
-                keep[name] = param.detach()
-        return keep
-
-    @classmethod
-    def _adapter_only_base(cls, config: ScaleDownConfig, kwargs: dict) -> PreTrainedModel:
-        """The base generator an adapter-only export refers to, loaded with the export's `dtype` / `device_map`,
-        its vocabulary grown to the export's; its weights are marked initialised, so that `from_pretrained` leaves
-        them as they are when it fills in the export's own weights around them."""
-        generator_kwargs = {k: kwargs[k] for k in ("dtype", "torch_dtype", "device_map") if k in kwargs}
-        try:
-            generator = AutoModelForCausalLM.from_pretrained(config.generator_name_or_path, **generator_kwargs)
-        except OSError as error:
-            raise OSError(
-                f"This adapter-only ScaleDown export needs its base generator {config.generator_name_or_path!r}, "
-                f"which could not be loaded (not cached, hub unreachable?): {error}"
-            ) from error
-        _grow_vocabulary(generator, config.get_generator_config().vocab_size)
-        for module in generator.modules():
-            module._is_hf_initialized = True
-            for param in module.parameters(recurse=False):
-                param._is_hf_initialized = True
-        return generator
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a ScaleDown checkpoint (weights, configuration and both tokenizers) in eval mode, ready to answer.
@@ -745,7 +498,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         where it computes in it natively, else float32 on a CPU), not the checkpoint's dtype: a folder trained in
         float32 loads in bfloat16 on a CPU with AVX512-BF16/AMX. Without `dtype`, transformers' default applies."""
         kwargs = resolve_auto_dtype(kwargs)
-        kwargs.setdefault("key_mapping", _LEGACY_KEY_MAPPING)  # older weight names load into today's modules
+        kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)  # older weight names load into today's modules
         hub_kwargs = {k: kwargs[k] for k in TOKENIZER_HUB_KWARGS if k in kwargs}
         subfolder = kwargs.get("subfolder", "")
         config = kwargs.get("config")
@@ -776,7 +529,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                         buffer.copy_(buffers[name])
             # Whatever the loader counts as missing (transformers 5 counts no weight it thinks initialised), the
             # export must hold every weight but the base generator's own (a tied output layer may be absent).
-            saved = _checkpoint_weight_names(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
+            saved = checkpoint_weight_names(str(pretrained_model_name_or_path), subfolder, hub_kwargs)
             tied = {"generator.lm_head.weight"} if model.generator.config.tie_word_embeddings else set()
             if lacking := sorted(set(model._adapter_state_dict()) - saved - tied):
                 raise ValueError(f"The adapter-only export {pretrained_model_name_or_path} lacks {lacking[:5]}.")
@@ -905,7 +658,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             return self.compress_documents(questions, documents, **kwargs)
         return self.compress_documents(documents=documents, **kwargs)
 
-    @_serialised
+    @serialised
     @torch.no_grad()
     def compress_documents(
         self,
@@ -1119,7 +872,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         injection = (
             self._memory_injection(input_ids, memory_embeddings) if input_ids is not None else contextlib.nullcontext()
         )
-        with _model_lock(self), injection:
+        with model_lock(self), injection:
             outputs = self.generator(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -1144,7 +897,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             attentions=getattr(outputs, "attentions", None),
         )
 
-    @_serialised
+    @serialised
     @torch.no_grad()
     def generate(
         self,
@@ -1183,7 +936,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                 **model_kwargs,
             )
 
-    @_serialised
+    @serialised
     @torch.no_grad()
     def generate_from_compressed(
         self, questions: list[str], compressed: Sequence[torch.Tensor], **generate_kwargs
@@ -1239,101 +992,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
                     "the top-ranked ones that fit), a shorter question or a smaller `max_new_tokens`."
                 )
 
-    def train(self, mode: bool = True) -> "ScaleDownForCausalLM":
-        """`nn.Module.train`; training mode takes folded LoRA adapters back out of the generator's weights."""
-        with _model_lock(self):
-            super().train(mode)
-            if mode:
-                self.unmerge_adapters()
-        return self
-
-    def state_dict(self, *args, **kwargs):
-        """The weights with the LoRA adapters unmerged (base weights + adapters, as checkpoints store them)."""
-        self.unmerge_adapters()
-        return super().state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        """Load unmerged weights (as [`state_dict`] gives them): folded adapters are taken out first."""
-        self.unmerge_adapters()
-        return super().load_state_dict(state_dict, *args, **kwargs)
-
-    def _merge_for_inference(self) -> None:
-        """Fold the LoRA adapters into the generator before generating in eval mode (see
-        `config.merge_adapters_for_inference`)."""
-        if not self.training and self.config.merge_adapters_for_inference and not self._adapters_disabled:
-            self.merge_adapters()
-
-    def _lora_layers(self) -> list[nn.Module]:
-        """The generator's adapter layers (peft's `BaseTunerLayer`); none without peft or adapters."""
-        if not is_peft_available():
-            return []
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        return [m for m in self.generator.modules() if isinstance(m, BaseTunerLayer)]
-
-    def _adapter_modules(self) -> list[nn.Module]:
-        """The modules holding adapter weights (peft's `adapter_layer_names` of each adapter layer: `lora_A`, ...)."""
-        modules = []
-        for layer in self._lora_layers():
-            modules += [getattr(layer, name) for name in layer.adapter_layer_names if hasattr(layer, name)]
-        return modules
-
-    @property
-    def adapters_merged(self) -> bool:
-        """Whether the LoRA adapters are currently merged into the generator's weights (see `merge_adapters`)."""
-        return any(getattr(layer, "merged", False) for layer in self._lora_layers())
-
-    def merge_adapters(self) -> "ScaleDownForCausalLM":
-        """Fold the LoRA adapters into the generator's weights for inference: same outputs up to float rounding,
-        faster decoding (no adapter matmuls). Undo with `unmerge_adapters` before training or saving."""
-        with _model_lock(self):
-            for layer in self._lora_layers():
-                if not layer.merged:
-                    layer.merge()
-        return self
-
-    def unmerge_adapters(self) -> "ScaleDownForCausalLM":
-        """Take merged LoRA adapters back out of the generator's weights (exact up to float rounding)."""
-        with _model_lock(self):
-            for layer in self._lora_layers():
-                if layer.merged:
-                    layer.unmerge()
-        return self
-
-    @contextlib.contextmanager
-    def generator_adapters_disabled(self):
-        """Context in which the generator runs without its LoRA adapters, i.e. as the base generator. Re-entrant: an
-        inner use inside an outer one changes nothing (callers can keep the adapters off across several calls). Holds
-        the model's lock: other threads' calls wait until the block ends."""
-        with _model_lock(self):
-            if self._adapters_disabled:
-                yield self.generator
-                return
-            with self._adapters_switched_off():
-                yield self.generator
-
-    @contextlib.contextmanager
-    def _adapters_switched_off(self):
-        """Unfold and switch off the adapters for the block; restore both (and trainability) afterwards."""
-        merged = self.adapters_merged
-        self.unmerge_adapters()
-        trainable = {param: param.requires_grad for param in self.parameters()}
-        layers = self._lora_layers()
-        for layer in layers:
-            layer.enable_adapters(False)
-        self._adapters_disabled = True
-        try:
-            yield self.generator
-        finally:
-            self._adapters_disabled = False
-            for layer in layers:
-                layer.enable_adapters(True)
-            for param, flag in trainable.items():  # peft's switch sets the adapters trainable: restore as it was
-                param.requires_grad_(flag)
-            if merged:
-                self.merge_adapters()
-
-    @_serialised
+    @serialised
     @torch.no_grad()
     def generate_uncompressed(
         self, questions: list[str], documents: list[list[str]], use_adapters: bool = False, **generate_kwargs
@@ -1358,7 +1017,7 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
             )
         return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
 
-    @_serialised
+    @serialised
     @torch.no_grad()
     def generate_from_text(self, questions: list[str], documents: list[list[str]], **generate_kwargs) -> list[str]:
         r"""
@@ -1367,55 +1026,6 @@ class ScaleDownForCausalLM(ScaleDownPreTrainedModel, GenerationMixin):
         """
         compressed = self.compress_for_questions(questions, documents)
         return self.generate_from_compressed(questions, compressed, **generate_kwargs)
-
-
-_OWNED_FILES = (
-    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "configuration_scaledown.py", "modeling_scaledown.py", "processing_scaledown.py",
-    "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model",
-    "README.md", COMPRESSOR_TOKENIZER_FOLDER,
-)  # fmt: skip
-
-
-def _owned(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in _OWNED_FILES)
-
-
-def _install_folder(staging: str, target: str) -> None:
-    """Put the freshly written folder `staging` in place of `target`. A target that is missing, empty or holds only
-    files a ScaleDown save owns is swapped whole (two renames: a crash leaves either the old or the new folder, plus a
-    hidden leftover); otherwise (e.g. a training output folder that also holds checkpoints) each new file replaces its
-    namesake and owned files of an earlier save that this one did not write (stale shards or index, another
-    compressor's tokenizer, an old card) are removed, and files the model does not own are kept."""
-    if not os.path.exists(target) or all(_owned(name) for name in os.listdir(target)):
-        previous = None
-        if os.path.exists(target):
-            parent = os.path.dirname(os.path.abspath(target))
-            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.previous-", dir=parent)
-            os.rmdir(previous)  # a free name next to the target, for the old folder
-            os.replace(target, previous)
-        os.replace(staging, target)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-        return
-    written = set(os.listdir(staging))
-    for name in sorted(written, key=lambda n: n == "model.safetensors.index.json"):  # the index last
-        destination = os.path.join(target, name)
-        if os.path.isdir(destination) and not os.path.islink(destination):
-            shutil.rmtree(destination)
-        os.replace(os.path.join(staging, name), destination)
-    for name in os.listdir(target):
-        if name not in written and _owned(name):
-            path = os.path.join(target, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def _grow_vocabulary(model: PreTrainedModel, size: int) -> None:
-    """Make room for added tokens (never shrinks a vocabulary padded beyond the tokenizer)."""
-    current = model.get_input_embeddings().weight.shape[0]
-    if size > current:
-        model.resize_token_embeddings(size)
 
 
 def _copy_first_layers(generator: PreTrainedModel, config: ScaleDownConfig) -> PreTrainedModel:

@@ -10,6 +10,7 @@ memory, and validates the inputs. Like the modeling file, it is copied next to e
 code and imports only torch, transformers and the configuration file beside it.
 """
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -283,12 +284,50 @@ def add_reserved_tokens(tokenizer, tokens: list[str]) -> None:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
 
 
-# What a ScaleDown save writes (and so owns) in its folder: weights (one file or shards + index), configurations,
-# remote code, tokenizer files, the model card and the compressor's tokenizer folder.
+def prepare_tokenizers(config: ScaleDownConfig, tokenizer, compressor_tokenizer=None):
+    """Copies of the generator's tokenizer (with `config.memory_token`) and of the compressor's (with the compressor's
+    memory tokens, the document separator and, when reranking, `<RR>`; for an `"n_layers"` compressor, the same
+    tokenizer), each with a pad token; the reserved tokens' ids are written into `config`. The tokenizers given are
+    never modified. A reserved token that already is one of a tokenizer's special tokens is refused: text could then
+    become control."""
+    template = config.compressor_memory_token_template
+    compressor_tokens = [template.format(i + 1) for i in range(config.num_memory_tokens)]
+    compressor_tokens += [config.document_separator_token]
+    if config.enable_reranking:
+        compressor_tokens.append(config.rerank_token)
+    if clash := sorted(set(getattr(tokenizer, "all_special_tokens", [])) & {config.memory_token, *compressor_tokens}):
+        raise ValueError(
+            f"The reserved tokens {clash} are already special tokens of the generator's tokenizer: choose other "
+            "`memory_token` / `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
+        )
+    tokenizer = copy.deepcopy(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    add_reserved_tokens(tokenizer, [config.memory_token])
+    if config.compressor_type == "n_layers":
+        compressor_tokenizer = tokenizer
+    else:
+        if compressor_tokenizer is None:
+            raise ValueError(f"A {config.compressor_type!r} compressor needs its own tokenizer.")
+        compressor_tokenizer = copy.deepcopy(compressor_tokenizer)
+        if clash := sorted(set(getattr(compressor_tokenizer, "all_special_tokens", [])) & set(compressor_tokens)):
+            raise ValueError(
+                f"The reserved tokens {clash} are already special tokens of the compressor's tokenizer: choose "
+                "other `compressor_memory_token_template` / `document_separator_token` / `rerank_token`."
+            )
+        if compressor_tokenizer.pad_token is None:
+            compressor_tokenizer.pad_token = compressor_tokenizer.eos_token or compressor_tokenizer.unk_token
+    add_reserved_tokens(compressor_tokenizer, compressor_tokens)
+    config.memory_token_id = tokenizer.convert_tokens_to_ids(config.memory_token)
+    config.compressor_memory_token_ids = compressor_tokenizer.convert_tokens_to_ids(
+        compressor_tokens[: config.num_memory_tokens]
+    )
+    config.document_separator_token_id = compressor_tokenizer.convert_tokens_to_ids(config.document_separator_token)
+    if config.enable_reranking:
+        config.rerank_token_id = compressor_tokenizer.convert_tokens_to_ids(config.rerank_token)
+    return tokenizer, compressor_tokenizer
 
 
-# What a ScaleDown save writes (and so owns) in its folder: weights (one file or shards + index), configurations,
-# remote code, tokenizer files, the model card and the compressor's tokenizer folder.
 def load_tokenizer(name_or_path: str, subfolder: str, hub_kwargs: dict, config: ScaleDownConfig | None = None):
     """`AutoTokenizer` from a saved folder; a fast tokenizer saved by another transformers line (e.g. 5's
     `TokenizersBackend` class name, unknown to 4) loads as a plain `PreTrainedTokenizerFast` from its

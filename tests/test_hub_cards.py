@@ -151,7 +151,8 @@ def test_push_uploads_everything_in_one_commit(folder):
     assert api.calls[0][1]["private"] is True and api.calls[2][1]["revision"] == "v1"
     upload = api.calls[2][1]
     expected = {"model.safetensors", "config.json", "modeling_scaledown.py", "configuration_scaledown.py",
-                "processing_scaledown.py", "processor_config.json", "tokenizer.json", "README.md"}  # fmt: skip
+                "processing_scaledown.py", "adapters_scaledown.py", "saving_scaledown.py", "processor_config.json",
+                "tokenizer.json", "README.md"}  # fmt: skip
     assert expected <= set(upload["files"])
     assert '"org/scaledown-tiny"' in upload["readme"] and "0.2875" in upload["readme"]
     api = RecordingApi()
@@ -181,6 +182,11 @@ def test_incomplete_folders_are_refused(tmp_path, folder):
     with pytest.raises(ValueError, match="processing_scaledown.py"):
         check_folder(folder)
     (folder / "processing_scaledown.py").write_bytes(processing)
+    saving = (folder / "saving_scaledown.py").read_bytes()
+    (folder / "saving_scaledown.py").unlink()  # imported too
+    with pytest.raises(ValueError, match="saving_scaledown.py"):
+        check_folder(folder)
+    (folder / "saving_scaledown.py").write_bytes(saving)
     (folder / "modeling_scaledown.py").unlink()
     with pytest.raises(ValueError, match="modeling_scaledown.py"):
         check_folder(folder)

@@ -8,6 +8,7 @@ import torch
 from tiny_models import make_encoder, make_generator, make_scaledown
 from transformers import AutoModel, AutoModelForCausalLM
 
+import scaledown.adapters_scaledown as adapters
 import scaledown.modeling_scaledown as modeling
 from scaledown import (
     CompressedDocuments,
@@ -404,7 +405,7 @@ def test_use_lora_false_freezes_the_generator():
 
 
 def test_missing_peft_is_a_clear_import_error(monkeypatch):
-    monkeypatch.setattr(modeling, "is_peft_available", lambda: False)
+    monkeypatch.setattr(adapters, "is_peft_available", lambda: False)
     with pytest.raises(ImportError, match="pip install peft"):
         make_scaledown()
 
@@ -435,7 +436,7 @@ def test_save_and_reload_is_bit_identical(variant, tmp_path, rag_batch):
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert "model.safetensors" in files and "config.json" in files
-    assert "configuration_scaledown.py" in files and "modeling_scaledown.py" in files
+    assert set(REMOTE_CODE_FILES) <= set(files)  # the modeling file and every file it imports
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert ("compressor_tokenizer" in files) == (model.config.compressor_type != "n_layers")
     loaded = ScaleDownForCausalLM.from_pretrained(tmp_path)
@@ -527,9 +528,18 @@ def test_encoder_compressor_drops_the_unused_pooler():
     assert encoder.pooler is not None
 
 
+REMOTE_CODE_FILES = (
+    "modeling_scaledown.py",
+    "processing_scaledown.py",
+    "configuration_scaledown.py",
+    "adapters_scaledown.py",
+    "saving_scaledown.py",
+)
+
+
 def test_remote_code_files_import_only_torch_transformers_and_peft():
     package = pathlib.Path(modeling.__file__).parent
-    for name in ("modeling_scaledown.py", "processing_scaledown.py", "configuration_scaledown.py"):
+    for name in REMOTE_CODE_FILES:
         tree = ast.parse((package / name).read_text())
         roots = set()
         for node in ast.walk(tree):
@@ -548,7 +558,7 @@ def test_remote_code_files_import_only_torch_transformers_and_peft():
         ]
         assert not top_level_peft, "peft must be imported lazily"
         relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
-        assert relative <= {"configuration_scaledown", "processing_scaledown"}, relative  # the files a folder carries
+        assert {f"{module}.py" for module in relative} <= set(REMOTE_CODE_FILES), relative  # what a folder carries
 
 
 def test_hard_coded_devices_are_absent():
@@ -557,7 +567,7 @@ def test_hard_coded_devices_are_absent():
     import re
 
     package = pathlib.Path(modeling.__file__).parent
-    for name in ("modeling_scaledown.py", "processing_scaledown.py", "configuration_scaledown.py"):
+    for name in REMOTE_CODE_FILES:
         source = (package / name).read_text()
         assert not re.findall(r"\.cuda\(|\.to\(\s*[\"']cuda|device\s*=\s*[\"']cuda", source), name
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -15,14 +16,27 @@ logger = logging.get_logger(__name__)
 REQUIRED_FILES = ("config.json", "configuration_scaledown.py", "modeling_scaledown.py", "tokenizer_config.json")
 
 
+def _relative_imports(folder: Path, name: str) -> list[str]:
+    """The code files that `name` in `folder` imports relatively (`from .x import ...`), and theirs, as transformers'
+    remote-code loader resolves them."""
+    found, pending = [], [name]
+    while pending:
+        path = folder / pending.pop()
+        if not path.is_file():
+            continue
+        for module in re.findall(r"^\s*from\s+\.(\w+)\s+import", path.read_text(encoding="utf-8"), flags=re.MULTILINE):
+            if f"{module}.py" not in found:
+                found.append(f"{module}.py")
+                pending.append(f"{module}.py")
+    return found
+
+
 def check_folder(folder: Path) -> None:
     """A clear error when `folder` is not a complete ScaleDown model folder."""
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder.")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    modeling = folder / "modeling_scaledown.py"
-    if modeling.is_file() and "from .processing_scaledown import" in modeling.read_text(encoding="utf-8"):
-        missing += [] if (folder / "processing_scaledown.py").is_file() else ["processing_scaledown.py"]
+    missing += [name for name in _relative_imports(folder, "modeling_scaledown.py") if not (folder / name).is_file()]
     if not any(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
