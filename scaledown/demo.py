@@ -35,7 +35,16 @@ class DemoSettings:
         default="chunk_attention",
         metadata={"help": "chunk_attention (learned pooling of each document chunk), chunk_mean or tokens (OSCAR)."},
     )
-    enable_reranking: bool = field(default=True, metadata={"help": "Train and evaluate the relevance head."})
+    enable_reranking: bool = field(
+        default=True, metadata={"help": "Train and evaluate the relevance head (online models only)."}
+    )
+    query_dependent: bool = field(
+        default=True,
+        metadata={
+            "help": "Online compression (OSCAR: each document read with its question); false: offline (PISCO: "
+            "documents compressed alone, storable once; no relevance head)."
+        },
+    )
     data: str | None = field(default=None, metadata={"help": "SQuAD-format file (default: the shipped sample)."})
     train_questions: int = field(default=600, metadata={"help": "Training questions."})
     eval_questions: int = field(default=80, metadata={"help": "Held-out questions."})
@@ -167,7 +176,8 @@ def run_demo(settings: DemoSettings) -> dict:
         model = ScaleDownForCausalLM.from_generator(
             generator,
             num_compressor_layers=settings.num_compressor_layers,
-            enable_reranking=settings.enable_reranking,
+            enable_reranking=settings.enable_reranking and settings.query_dependent,
+            query_dependent=settings.query_dependent,
             memory_injection_layer=resolve_memory_injection_layer(
                 settings.memory_injection_layer, "n_layers", settings.num_compressor_layers
             ),
