@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -17,14 +16,16 @@ REQUIRED_FILES = ("config.json", "configuration_scaledown.py", "modeling_scaledo
 
 
 def _relative_imports(folder: Path, name: str) -> list[str]:
-    """The code files that `name` in `folder` imports relatively (`from .x import ...`), and theirs, as transformers'
-    remote-code loader resolves them."""
+    """The code files that `name` in `folder` imports relatively, and theirs, parsed as transformers' remote-code
+    loader parses them (`get_relative_imports`); a missing file is reported by the caller, not followed."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
     found, pending = [], [name]
     while pending:
         path = folder / pending.pop()
         if not path.is_file():
             continue
-        for module in re.findall(r"^\s*from\s+\.(\w+)\s+import", path.read_text(encoding="utf-8"), flags=re.MULTILINE):
+        for module in get_relative_imports(str(path)):
             if f"{module}.py" not in found:
                 found.append(f"{module}.py")
                 pending.append(f"{module}.py")
