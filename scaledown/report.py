@@ -151,7 +151,7 @@ def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str
 def user_benchmark_markdown(result: dict) -> str:
     """The user-path benchmark (`scaledown benchmark --path user`) as markdown: per dtype and batch size, the
     seconds of a full answer per system, the speed-ups over the uncompressed generator next to their analytic FLOPs
-    limits, the time-to-first-token speed-up, and peak memory."""
+    limits, the ceiling that decoding alone sets, the time-to-first-token speed-up, and peak memory."""
     s = result["settings"]
     lines = [
         f"{s['num_documents']} documents × {s.get('doc_tokens')} tokens, {s['query_tokens']}-token query, exactly "
@@ -167,7 +167,8 @@ def user_benchmark_markdown(result: dict) -> str:
     }
     for dtype, per_batch in result["per_dtype"].items():
         extra = [n for n in names if any(f"{n}_seconds" in e for e in per_batch.values())]
-        columns = ["dtype", "batch", "uncompressed s", "ScaleDown s", "ScaleDown speed-up", "first token speed-up"]
+        columns = ["dtype", "batch", "uncompressed s", "ScaleDown s", "ScaleDown speed-up", "decode-bound ceiling"]
+        columns += ["first token speed-up"]
         columns += [f"{names[name]} speed-up" for name in extra] + ["peak memory ScaleDown / uncompressed"]
         lines += _header(columns)
         for batch, e in per_batch.items():
@@ -175,7 +176,7 @@ def user_benchmark_markdown(result: dict) -> str:
             row = (
                 f"| {dtype} | {batch} | {_fmt(e['uncompressed_seconds'], 2)} | {_fmt(e['compressed_seconds'], 2)} | "
                 f"{_fmt(e['speedup'], 2)}× ({_fmt(e.get('flops_ratio_analytic'), 2)}×) | "
-                f"{_fmt(e.get('first_token_speedup'), 2)}× |"
+                f"{_fmt(e.get('decode_bound'), 2)}× | {_fmt(e.get('first_token_speedup'), 2)}× |"
             )
             for name in extra:
                 row += f" {_fmt(e.get(f'{name}_speedup'), 2)}× ({_fmt(e.get(f'{name}_flops_ratio_analytic'), 2)}×) |"

@@ -165,11 +165,22 @@ def test_user_path_benchmark_cli_writes_ratios_first_token_and_memory(tmp_path, 
         assert entry["compressed_first_token_seconds"] > 0 and entry["uncompressed_first_token_seconds"] > 0
         assert set(entry["compressed_stages_seconds"]) == {"compress_documents", "prompt_and_prefill", "decode"}
         assert all(v >= 0 for v in entry["compressed_stages_seconds"].values())
+        decode = entry["compressed_stages_seconds"]["decode"]
+        assert entry["decode_bound"] == (round(entry["uncompressed_seconds"] / decode, 3) if decode else None)
         assert entry["peak_memory_mib"]["uncompressed"] > 0 and entry["peak_memory_mib"]["compressed"] > 0
     assert (tmp_path / "bench" / "benchmark-user.png").is_file()
     table = (tmp_path / "bench" / "benchmark-user.md").read_text()
     speedup = result["per_dtype"]["float32"]["3"]["speedup"]
     assert "| float32 | 3 | " in table and f"| {speedup:.2f}".rstrip("0").rstrip(".") + "× (" in table
+
+
+def test_decode_bound_is_the_speed_up_with_free_compression_and_prefill():
+    """The ceiling divides the uncompressed answer's time by the compressed path's decoding alone."""
+    from scaledown.evaluation.benchmark import decode_bound
+
+    stages = {"compress_documents": 0.3, "prompt_and_prefill": 0.4, "decode": 1.5}
+    assert decode_bound(3.0, stages) == 2.0
+    assert decode_bound(3.0, {**stages, "decode": 0.0}) is None
 
 
 def test_user_path_benchmark_times_offline_and_pruned_side_by_side(tmp_path):

@@ -474,6 +474,15 @@ def user_stages(model, questions, documents, tokens: int, device) -> dict[str, f
     }
 
 
+def decode_bound(uncompressed_seconds: float, stages: dict[str, float]) -> float | None:
+    """The highest speed-up any compression could give on this setting: the uncompressed answer's time over the
+    compressed path's decoding alone (as if compression, prompt and prefill cost nothing). Decoding a token reads every
+    weight on either side, so where decoding dominates (batch 1 on a CPU), this ceiling, not the FLOPs ratio, caps the
+    speed-up."""
+    decode = stages.get("decode")
+    return round(uncompressed_seconds / decode, 3) if decode else None
+
+
 def _load_user_path(model_path, generator, dtype: str, device, systems=("compressed", "uncompressed")):
     """What a user loads: the ScaleDown folder, and the plain generator next to it, each as documented."""
     from transformers import AutoModelForCausalLM
@@ -534,7 +543,8 @@ def run_user_benchmark(
     Per dtype and batch size: medians of `repetitions` interleaved runs of an answer of exactly `new_tokens` tokens
     and of the time to first token (prefill + one token), the analytic FLOPs ratio (the limit the speed-up would reach
     if time followed FLOPs), where the compressed path's time goes ([`user_stages`]: compression, prompt + prefill,
-    decoding), and peak memory (a fresh process per setting on CPU; the allocator's peak on CUDA).
+    decoding) and the ceiling that decoding alone sets ([`decode_bound`]), and peak memory (a fresh process per setting
+    on CPU; the allocator's peak on CUDA).
 
     `extra_systems` adds, timed in the same interleaved runs (full answers only, no memory probe):
     `"offline"`: an offline model (`offline_model`, default: the same weights loaded with `query_dependent=False`,
@@ -637,6 +647,7 @@ def run_user_benchmark(
             entry["compressed_stages_seconds"] = {
                 stage: round(statistics.median(s[stage] for s in stages), 4) for stage in stages[0]
             }
+            entry["decode_bound"] = decode_bound(entry["uncompressed_seconds"], entry["compressed_stages_seconds"])
             entry["all_runs"] = {k: [round(t, 4) for t in v] for k, v in times.items()}
             per_batch[str(batch_size)] = entry
         del model, runs, offline, pruner
