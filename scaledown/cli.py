@@ -303,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="Branch to push to.")
     push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
     push.add_argument("--commit-message", default=None, help="Commit message.")
-    push.add_argument("--report", default=None, help="run.json of the run, to (re)write the model card.")
+    push.add_argument(
+        "--report",
+        default=None,
+        help="run.json of the run, or the JSON of `scaledown evaluate --output` (its three-way table), to (re)write "
+        "the model card.",
+    )
     push.set_defaults(func=_push)
 
     train = commands.add_parser(

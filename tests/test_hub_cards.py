@@ -96,6 +96,26 @@ def test_card_states_the_memory_path(tmp_path):
     assert "| memory enters the generator | in the residual stream at layer 2 |" in text
 
 
+def test_card_from_an_evaluation_report_shows_every_system(folder, tmp_path):
+    """`scaledown evaluate --output` JSON (pruning baseline and offline model included) makes the card's table; a
+    report of neither kind is refused by name."""
+    gold = lambda match: {"gold": {"match": match, "exact_match": 0.0, "f1": 0.1, "rouge_l": 0.1}}  # noqa: E731
+    paired = {"questions": 80, "match_difference": -0.1, "match_difference_stderr": 0.05}
+    evaluation = {"questions": 80, "settings": {"num_documents": 10, "max_new_tokens": 32},
+                  "compressed": gold(0.0625), "uncompressed": gold(0.275), "pruned": gold(0.125),
+                  "offline": gold(0.0375), "paired": paired, "paired_pruned": paired,
+                  "paired_offline": paired}  # fmt: skip
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps(evaluation))
+    card = ModelCard.load(write_model_card(folder, json.loads(report.read_text())))
+    assert {r.metric_value for r in card.data.eval_results if r.metric_type == "match"} == {0.0625}
+    for label in ("sentence pruning + base generator", "offline compression", "online compression"):
+        assert label in card.text
+    assert "| 0.125 |" in card.text and "| 0.0375 |" in card.text and "| 0.275 |" in card.text
+    with pytest.raises(ValueError, match="neither a run's"):
+        build_model_card(folder, {"speedup": 2.0})
+
+
 def test_card_without_evaluation_says_so(folder):
     card = build_model_card(folder)
     assert "has not been evaluated yet" in card.text and "No training run" in card.text

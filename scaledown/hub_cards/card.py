@@ -92,10 +92,26 @@ def _eval_results(run: dict | None, dataset_name: str) -> list[EvalResult]:
     return results
 
 
+def as_run_report(report: dict | None) -> dict | None:
+    """A report the card can read: a run's (`run.json` of `scaledown demo`, or any dict with `eval_after`) as it is,
+    or the evaluation report that `scaledown evaluate --output` writes (every system it compared: the uncompressed
+    generator, the pruning baseline, the online and offline models) as that run's `eval_after`."""
+    if report is None or "eval_after" in report:
+        return report
+    if "compressed" in report and "questions" in report:
+        return {"eval_after": report}
+    raise ValueError(
+        "The report is neither a run's (`run.json` of `scaledown demo`: it has `eval_after`) nor an evaluation report "
+        f"of `scaledown evaluate --output` (with `questions` and `compressed`); its keys: {sorted(report)}."
+    )
+
+
 def build_model_card(model_dir: str | os.PathLike, run: dict | None = None, repo_id: str | None = None) -> ModelCard:
     """Build the card of the ScaleDown folder `model_dir` from its `config.json` and, when given, a run report
-    (`run.json` of `scaledown demo`, or any dict with `eval_after`, `benchmark`, `training_arguments`, `train`)."""
+    (`run.json` of `scaledown demo`, any dict with `eval_after`, `benchmark`, `training_arguments`, `train`, or an
+    evaluation report of `scaledown evaluate --output`: see [`as_run_report`])."""
     model_dir = Path(model_dir)
+    run = as_run_report(run)
     config = json.loads((model_dir / "config.json").read_text())
     generator = hub_id(config.get("generator_name_or_path"))
     compressor = hub_id(config.get("compressor_name_or_path")) if config.get("compressor_type") != "n_layers" else None

@@ -63,8 +63,8 @@ def push_folder(
 ):
     """Create `repo_id` if needed and upload `folder` in a single commit. The token comes from `token`, else
     `HF_TOKEN` / the saved login (as everywhere in `huggingface_hub`). Without a `README.md` the card is written first
-    from `report` (a run's `run.json`) or `run` (the same as a dict) when given; the card's usage snippet names
-    `repo_id`."""
+    from `report` (a run's `run.json`, or the JSON of `scaledown evaluate --output`) or `run` (the same as a dict)
+    when given; the card's usage snippet names `repo_id`."""
     folder = Path(folder)
     check_folder(folder)
     if report is not None:
