@@ -96,7 +96,7 @@ def test_card_states_the_memory_path(tmp_path):
     assert "| memory enters the generator | in the residual stream at layer 2 |" in text
 
 
-def test_card_from_an_evaluation_report_shows_every_system(folder, tmp_path):
+def test_card_from_an_evaluation_report_shows_every_system(folder):
     """`scaledown evaluate --output` JSON (pruning baseline and offline model included) makes the card's table; a
     report of neither kind is refused by name."""
     gold = lambda match: {"gold": {"match": match, "exact_match": 0.0, "f1": 0.1, "rouge_l": 0.1}}  # noqa: E731
@@ -105,9 +105,7 @@ def test_card_from_an_evaluation_report_shows_every_system(folder, tmp_path):
                   "compressed": gold(0.0625), "uncompressed": gold(0.275), "pruned": gold(0.125),
                   "offline": gold(0.0375), "paired": paired, "paired_pruned": paired,
                   "paired_offline": paired}  # fmt: skip
-    report = tmp_path / "eval.json"
-    report.write_text(json.dumps(evaluation))
-    card = ModelCard.load(write_model_card(folder, json.loads(report.read_text())))
+    card = ModelCard.load(write_model_card(folder, evaluation))
     assert {r.metric_value for r in card.data.eval_results if r.metric_type == "match"} == {0.0625}
     for label in ("sentence pruning + base generator", "offline compression", "online compression"):
         assert label in card.text
