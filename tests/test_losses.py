@@ -8,6 +8,7 @@ from scaledown.training.losses import (
     distillation_kl,
     distillation_loss,
     reranking_mse,
+    weighted_label_count,
 )
 
 
@@ -36,6 +37,36 @@ def test_gradient_accumulation_with_num_items_equals_the_full_batch_mean():
     # The micro-batch means averaged (the naive way) differ when micro-batches hold different token counts.
     naive = sum(answer_cross_entropy(logits[i : i + 1], labels[i : i + 1]) for i in range(4)) / 4
     assert not torch.allclose(naive, full, atol=1e-4)
+
+
+def test_label_weights_weigh_each_token_and_accumulate_like_the_full_batch():
+    """Per-token weights: the loss is `sum(w * nll) / sum(w)`; weights of one give the plain loss; a row weighted 0
+    is left out; micro-batches normalised by the accumulated weighted count sum to the full batch's loss."""
+    logits, labels = make_batch()
+    ones = torch.ones(labels.shape)
+    plain = answer_cross_entropy(logits, labels)
+    assert torch.allclose(answer_cross_entropy(logits, labels, label_weights=ones), plain)
+    weights = torch.tensor([1.0, 0.0, 0.25, 1.0])[:, None].expand_as(labels)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="none").reshape(4, 6)
+    mask = labels[:, 1:].ne(-100).float()
+    expected = (nll * mask * weights[:, 1:]).sum() / (mask * weights[:, 1:]).sum()
+    full = answer_cross_entropy(logits, labels, label_weights=weights)
+    assert torch.allclose(full, expected, atol=1e-6)
+    kept = [0, 2, 3]  # the row weighted 0 changes nothing
+    without = answer_cross_entropy(logits[kept], labels[kept], label_weights=weights[kept])
+    assert torch.allclose(full, without, atol=1e-6)
+    count = weighted_label_count(labels, weights)
+    assert torch.allclose(count, (mask * weights[:, 1:]).sum())
+    assert weighted_label_count(labels) == mask.sum()
+    parts = [
+        distillation_loss(
+            logits[i : i + 1], labels[i : i + 1], num_items_in_batch=count, label_weights=weights[i : i + 1]
+        )
+        for i in range(4)
+    ]
+    assert torch.allclose(sum(loss for loss, _ in parts), full, atol=1e-6)
+    # The logged term is each micro-batch's own weighted mean.
+    assert torch.allclose(parts[2][1]["ce"], answer_cross_entropy(logits[2:3], labels[2:3]), atol=1e-6)
 
 
 def test_distillation_loss_is_scaled_for_accumulation_without_num_items():

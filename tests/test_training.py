@@ -215,11 +215,12 @@ def test_collator_mixes_auto_encoding_rows_of_the_top_document():
     # Relevance targets: the question-answering rows' own, NaN (left out of the MSE) for an auto-encoding row.
     expected_scores = []
     decode = model.tokenizer.decode
-    mixed = 0
+    mixed, autoencoded = 0, []
     for i, row in enumerate(data):
         labels = batch["labels"][i]
         target = decode(labels[labels != -100][:-1])
         prompt = decode(batch["input_ids"][i][batch["attention_mask"][i].bool()])
+        autoencoded.append(target != row["teacher_answer"])
         if target == row["teacher_answer"]:
             expected_scores += row["teacher_scores"]
             same_row = plain["input_ids"][i][plain["attention_mask"][i].bool()]
@@ -239,6 +240,16 @@ def test_collator_mixes_auto_encoding_rows_of_the_top_document():
         decode(r[m.bool()]) for r, m in zip(batch["compressor_input_ids"], batch["compressor_attention_mask"])
     ]
     assert sum("question" not in t for t in compressor_text) == mixed  # the auto-encoded documents: no query
+    assert "label_weights" not in batch  # every token alike by default
+    weighted = ScaleDownDataCollator.from_model(model, autoencoding_mix=0.5, autoencoding_loss_weight=0.1, seed=3)
+    weighted = weighted(data)
+    assert torch.equal(weighted["labels"], batch["labels"])
+    expected_weights = torch.tensor([0.1 if a else 1.0 for a in autoencoded])[:, None].expand_as(batch["labels"])
+    torch.testing.assert_close(weighted["label_weights"], expected_weights)
+    with pytest.raises(ValueError, match="autoencoding_loss_weight"):
+        ScaleDownDataCollator.from_model(model, autoencoding_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="autoencoding_loss_weight"):
+        ScaleDownTrainingArguments(output_dir="unused", autoencoding_loss_weight=-1.0)
     with pytest.raises(ValueError, match="autoencoding_mix"):
         ScaleDownDataCollator.from_model(model, autoencoding_mix=1.5)
     with pytest.raises(ValueError, match="autoencoding_mix"):
@@ -280,15 +291,21 @@ def test_dense_distillation_from_the_raw_document_teacher_trains(tmp_path, deep)
             assert torch.equal(param, frozen[name]), name
 
 
-def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+@pytest.mark.parametrize(
+    "mix", [{}, {"autoencoding_mix": 0.5, "autoencoding_loss_weight": 0.2}], ids=["answers", "weighted-autoencoding"]
+)
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, mix):
     """2 x 2 accumulated == 4 at once (token-normalised CE, pair-normalised MSE), rows of different lengths and
-    document counts. Plain SGD so that the update is linear in the gradient."""
+    document counts; with auto-encoding rows weighted below the answers, the normaliser is the weighted token count of
+    the accumulated batch (the seed draws two auto-encoding rows among the first four). Plain SGD so that the update
+    is linear in the gradient."""
     weights = []
     for batch, steps in ((4, 1), (2, 2)):
         model = make_scaledown(enable_reranking=True, lora_dropout=0.0)
         args = arguments(
-            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=steps, max_steps=1, optim="sgd"
-        )
+            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=steps, max_steps=1, optim="sgd",
+            **mix,
+        )  # fmt: skip
         args.warmup_steps = 0
         if hasattr(args, "warmup_ratio"):
             args.warmup_ratio = 0.0
@@ -297,6 +314,22 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
         weights.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
     for name in weights[0]:
         assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
+
+
+def test_trainer_normalises_by_the_weighted_token_count(tmp_path):
+    """With auto-encoding rows weighted below the answers, the accumulated batch's normaliser is its weighted label
+    count: an answer token counts 1, a reconstructed token `autoencoding_loss_weight`."""
+    from scaledown.training.losses import weighted_label_count
+
+    model = make_scaledown()
+    args = arguments(tmp_path, autoencoding_mix=0.5, autoencoding_loss_weight=0.2)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    batches = [trainer.data_collator(rows(8)[i : i + 4]) for i in (0, 4)]
+    assert any("label_weights" in b for b in batches)
+    _, num_items = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+    expected = sum(weighted_label_count(b["labels"], b.get("label_weights")) for b in batches)
+    plain = sum(weighted_label_count(b["labels"]) for b in batches)
+    assert float(num_items) == pytest.approx(float(expected)) and float(expected) < float(plain)
 
 
 def test_gradient_checkpointing_and_evaluation(tmp_path):

@@ -92,6 +92,15 @@ class ScaleDownArgumentsMixin:
             "while the generator learns to answer. 0 = OSCAR's recipe."
         },
     )
+    autoencoding_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of each reconstructed token of an auto-encoding row in the cross-entropy, an answer token "
+            "weighing 1 (the loss is normalised by the weighted token count). A 128-token reconstruction otherwise "
+            "outweighs a ~5-token answer ~25 to 1; e.g. 0.05 gives both rows about the same say. 1 = every token "
+            "alike."
+        },
+    )
     answer_document_first: bool = field(
         default=False,
         metadata={
@@ -138,6 +147,8 @@ class ScaleDownArgumentsMixin:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}.")
         if not 0.0 <= self.autoencoding_mix <= 1.0:
             raise ValueError(f"`autoencoding_mix` must be in [0, 1], got {self.autoencoding_mix}.")
+        if self.autoencoding_loss_weight < 0:
+            raise ValueError(f"`autoencoding_loss_weight` must be >= 0, got {self.autoencoding_loss_weight}.")
         if self.num_train_documents < 1:
             raise ValueError(f"`num_train_documents` must be >= 1, got {self.num_train_documents}.")
         if self.max_answer_length < 1:

@@ -60,6 +60,9 @@ class ScaleDownDataCollator(FromModelMixin):
             compressor reads the row's top document with an empty query and the generator, given the auto-encoding
             instruction of `scaledown pretrain`, reconstructs it from the memory alone. Keeps the memory path read
             while the generator learns to answer (README, *Reading the memory*). Rows are otherwise unchanged.
+        autoencoding_loss_weight (`float`): weight of an auto-encoding row's label tokens, an answer token weighing 1.
+            When not 1 and a batch holds an auto-encoding row, the batch carries `label_weights` `(batch, seq_len)`
+            (see [`~scaledown.training.losses.answer_cross_entropy`]).
         answer_document_first (`bool`): move, in each row with `gold_answers`, the first document that contains one
             of them (case-insensitive) to the top, its teacher score with it; rows without such a document keep their
             order. With the top document read (`num_train_documents=1`), every such row then pays for reading the
@@ -79,6 +82,7 @@ class ScaleDownDataCollator(FromModelMixin):
     max_prompt_length: int | None = None
     raw_document_teacher: bool = False
     autoencoding_mix: float = 0.0
+    autoencoding_loss_weight: float = 1.0
     answer_document_first: bool = False
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
@@ -88,6 +92,8 @@ class ScaleDownDataCollator(FromModelMixin):
             raise ValueError("`pad_to_fixed_length` needs `num_train_documents`.")
         if not 0.0 <= self.autoencoding_mix <= 1.0:
             raise ValueError(f"`autoencoding_mix` must be in [0, 1], got {self.autoencoding_mix}.")
+        if self.autoencoding_loss_weight < 0:
+            raise ValueError(f"`autoencoding_loss_weight` must be >= 0, got {self.autoencoding_loss_weight}.")
         if self.autoencoding_mix > 0 and self.pad_to_fixed_length:
             raise ValueError("`autoencoding_mix` changes the number of documents per row: not with fixed shapes.")
         self._rng = random.Random(self.seed)
@@ -204,6 +210,10 @@ class ScaleDownDataCollator(FromModelMixin):
             compressor_length = max_compressor_length(self.compressor_tokenizer, config)
         batch = build_compressor_inputs(self.compressor_tokenizer, config, questions, documents, compressor_length)
         batch.update(self._generator_inputs(rows, self.max_prompt_length if self.pad_to_fixed_length else None))
+        autoencoding = [bool(row.get(AUTOENCODING)) for row in rows]
+        if self.autoencoding_loss_weight != 1.0 and any(autoencoding):
+            row_weight = torch.tensor([self.autoencoding_loss_weight if a else 1.0 for a in autoencoding])
+            batch["label_weights"] = row_weight[:, None].expand_as(batch["labels"]).contiguous()
         if self.raw_document_teacher:
             teacher = self._generator_inputs(rows, raw=True)
             batch["teacher_input_ids"], batch["teacher_attention_mask"] = (

@@ -33,23 +33,31 @@ def answer_cross_entropy(
     labels: torch.Tensor,
     num_items_in_batch: int | torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    label_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token cross-entropy on the answer tokens.
+    """Next-token cross-entropy on the answer tokens, optionally weighted per token.
 
     Args:
         logits (`torch.Tensor` of shape `(batch_size, seq_len, vocab_size)`): generator logits.
         labels (`torch.Tensor` of shape `(batch_size, seq_len)`): input ids of the answer tokens, `ignore_index`
             elsewhere (prompt, memory slots, padding). Shifted here.
-        num_items_in_batch: label tokens (after the shift) of the whole accumulated batch; `None` -> micro-batch mean.
+        num_items_in_batch: label tokens (after the shift) of the whole accumulated batch, their weights summed when
+            `label_weights` are given; `None` -> micro-batch (weighted) mean.
+        label_weights (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*): weight of each label token,
+            aligned with `labels` (e.g. auto-encoding rows below 1, see `autoencoding_loss_weight` of the arguments).
 
     Returns:
-        Scalar loss (0 when no label token is present).
+        Scalar loss (0 when no label token is present): `sum(weight * nll) / sum(weight)` over the label tokens.
     """
     logits, labels = shift_for_next_token(logits, labels)
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index, reduction="sum"
+    losses = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
     )
-    return total / _denominator(labels, num_items_in_batch, ignore_index, total)
+    if label_weights is None:
+        total = losses.sum()
+    else:
+        total = (losses * label_weights[:, 1:].reshape(-1).to(losses.device, losses.dtype)).sum()
+    return total / _denominator(labels, num_items_in_batch, ignore_index, total, label_weights)
 
 
 def answer_nll_per_row(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -127,6 +135,7 @@ def distillation_loss(
     student_hidden: list[torch.Tensor] | None = None,
     teacher_hidden: list[torch.Tensor] | None = None,
     hidden_weight: float = 0.0,
+    label_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """OSCAR's objective `CE(answer) + reranking_loss_weight * MSE(scores) (+ kl_weight * KL)`, plus, with a
     raw-document teacher, `hidden_weight * (1 - cos)` between paired hidden states.
@@ -144,6 +153,9 @@ def distillation_loss(
             `(batch, k, vocab)`).
         student_hidden, teacher_hidden (`list[torch.Tensor]`, *optional*): per aligned layer `(batch, length,
             hidden)`, paired through `teacher_positions` (see [`hidden_state_alignment`]).
+        label_weights (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*): per-token weights of the
+            cross-entropy (see [`answer_cross_entropy`]); `num_items_in_batch` is then the weighted count
+            ([`weighted_label_count`] summed over the accumulated batch).
 
     Returns:
         `(loss, terms)`: the scalar to back-propagate and, detached, the micro-batch means of the unweighted terms
@@ -151,12 +163,12 @@ def distillation_loss(
     """
     steps = max(int(num_accumulation_steps), 1)
     scale = 1.0 if num_items_in_batch is not None else 1.0 / steps
-    ce = answer_cross_entropy(logits, labels, num_items_in_batch)
+    ce = answer_cross_entropy(logits, labels, num_items_in_batch, label_weights=label_weights)
     loss = ce * scale
     ce_mean = ce.detach()
-    if num_items_in_batch is not None:  # back to this micro-batch's per-token mean, for logging
+    if num_items_in_batch is not None:  # back to this micro-batch's (weighted) per-token mean, for logging
         ce_mean = ce_mean * _denominator(labels[:, 1:], num_items_in_batch, IGNORE_INDEX, ce_mean)
-        ce_mean = ce_mean / _denominator(labels[:, 1:], None, IGNORE_INDEX, ce_mean)
+        ce_mean = ce_mean / _denominator(labels[:, 1:], None, IGNORE_INDEX, ce_mean, label_weights)
     terms = {"ce": ce_mean}
     if rerank_scores is not None and teacher_scores is not None and reranking_loss_weight > 0:
         mse = reranking_mse(rerank_scores, teacher_scores)
@@ -285,9 +297,22 @@ def aligned_distillation_kl(
     return distillation_kl(student, teacher, targets, temperature, num_items_in_batch)
 
 
-def _denominator(labels, num_items_in_batch, ignore_index, like: torch.Tensor) -> torch.Tensor:
+def weighted_label_count(
+    labels: torch.Tensor, label_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """The label tokens of `labels` `(batch_size, seq_len)` after the next-token shift, each counting its weight in
+    `label_weights` (same shape) when given: the normaliser of [`answer_cross_entropy`]."""
+    mask = labels[:, 1:].ne(ignore_index)
+    if label_weights is None:
+        return mask.sum()
+    return (label_weights[:, 1:].to(mask.device).float() * mask).sum()
+
+
+def _denominator(labels, num_items_in_batch, ignore_index, like: torch.Tensor, label_weights=None) -> torch.Tensor:
+    """`labels` already shifted (`label_weights` not)."""
     if num_items_in_batch is None:
-        count = labels.ne(ignore_index).sum()
+        mask = labels.ne(ignore_index)
+        count = mask.sum() if label_weights is None else (label_weights[:, 1:].to(mask.device).float() * mask).sum()
     else:
         count = torch.as_tensor(num_items_in_batch)
     return count.to(like.device, like.dtype).clamp(min=1)

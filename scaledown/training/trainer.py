@@ -12,7 +12,7 @@ from transformers.utils import logging
 
 from .arguments import ScaleDownTrainingArguments
 from .collator import ScaleDownDataCollator
-from .losses import aligned_suffix_positions, distillation_loss, gather_positions
+from .losses import aligned_suffix_positions, distillation_loss, gather_positions, weighted_label_count
 
 
 logger = logging.get_logger(__name__)
@@ -145,6 +145,7 @@ class DistillationTrainerMixin:
                 max_prompt_length=getattr(args, "max_prompt_length", None),
                 raw_document_teacher=getattr(args, "raw_document_teacher", False),
                 autoencoding_mix=getattr(args, "autoencoding_mix", 0.0),
+                autoencoding_loss_weight=getattr(args, "autoencoding_loss_weight", 1.0),
                 answer_document_first=getattr(args, "answer_document_first", False),
                 seed=getattr(args, "seed", 0),
             )
@@ -183,6 +184,12 @@ class DistillationTrainerMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(
             epoch_iterator, num_batches, device, *args, **kwargs
         )
+        if num_items_in_batch is not None and any("label_weights" in b for b in batch_samples):
+            # Weighted label tokens (auto-encoding rows weigh `autoencoding_loss_weight`): the loss's normaliser.
+            weighted = sum(weighted_label_count(b["labels"], b.get("label_weights")).to(device) for b in batch_samples)
+            if self._num_processes() > 1 and getattr(self.args, "average_tokens_across_devices", False):
+                weighted = self.accelerator.gather(weighted).sum()
+            num_items_in_batch = weighted
         pairs = [(~b["teacher_scores"].isnan()).sum().to(device) for b in batch_samples if "teacher_scores" in b]
         self._num_pairs_in_batch = None
         if pairs:
@@ -268,6 +275,7 @@ class DistillationTrainerMixin:
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
             hidden_weight=hidden_weight,
+            label_weights=inputs.get("label_weights"),
         )
         prefix = "" if model.training else "eval_"
         for key, value in terms.items():  # kept on the device until logged: no host sync per step (XLA)

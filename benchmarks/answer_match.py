@@ -1,0 +1,178 @@
+"""Which question-answering phase makes the compressed model *answer* (Match), not only read (gain share)?
+
+The demo trains in two phases: an auto-encoding warm-up that makes the memory path carry the documents, then question
+answering. This script runs the second phase alone, with one set of settings, from a saved warm-up folder (made once
+with `--warm-up-steps N --save-warm-up DIR`, exactly as `scaledown demo` does it), and scores held-out Match with
+the top-k documents against the base generator reading them raw, paired on the same questions. Select designs on a
+question set that is *not* the demo's held-out split (e.g. the independent questions of
+`docs/results/independent-80-ids.json`), so that the demo's own figure stays an honest check.
+
+    # once: the demo's warm-up (100 steps on the training split's documents), saved
+    python benchmarks/answer_match.py --data outputs/demo/data-labelled --warm-up-steps 100 \
+        --save-warm-up outputs/answer-match/warm-up --name warm-up --steps 0 --eval-data none
+    # one design of the question-answering phase, scored on independent questions
+    python benchmarks/answer_match.py --data outputs/demo/data-labelled --model outputs/answer-match/warm-up \
+        --eval-data outputs/indep80 --name mix0 --autoencoding-mix 0
+
+Every run is appended with its exact command to `--record` (default `docs/results/answer-match.json`).
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from transformers import set_seed
+
+from scaledown import ScaleDownForCausalLM
+from scaledown.evaluation.run import evaluate_model, paired_match
+from scaledown.offline_weights import smollm2_path
+from scaledown.training import ScaleDownTrainer, ScaleDownTrainingArguments
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="Labelled folder (train split) of `scaledown demo`.")
+    parser.add_argument("--eval-data", required=True, help="Folder with a test split to score, or `none`.")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--model", default=None, help="Start from this ScaleDown folder (default: a fresh model).")
+    parser.add_argument("--warm-up-steps", type=int, default=0, help="Auto-encoding warm-up first (the demo's).")
+    parser.add_argument("--save-warm-up", default=None, help="Save the model after the warm-up here.")
+    parser.add_argument("--warm-up-learning-rates", type=float, nargs=2, default=(5e-4, 2e-4))
+    parser.add_argument("--steps", type=int, default=150, help="Question-answering steps.")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate-generator", type=float, default=1e-4)
+    parser.add_argument("--learning-rate-compressor", type=float, default=5e-5)
+    parser.add_argument("--autoencoding-mix", type=float, default=0.5)
+    parser.add_argument("--autoencoding-loss-weight", type=float, default=1.0)
+    parser.add_argument("--num-train-documents", type=int, default=1)
+    parser.add_argument("--answer-field", default="gold_answers")
+    parser.add_argument("--no-answer-document-first", action="store_true")
+    parser.add_argument("--train-compressor", action="store_true", help="Let the compressor move in this phase.")
+    parser.add_argument(
+        "--freeze-generator", action="store_true", help="Keep the generator fixed (trains the compressor)."
+    )
+    parser.add_argument(
+        "--train-slot-scorer",
+        action="store_true",
+        help="Chunk-pooling scorer learns, compressor fixed.",
+    )
+    parser.add_argument("--kl-weight", type=float, default=0.0)
+    parser.add_argument("--eval-documents", type=int, default=10)
+    parser.add_argument("--eval-questions", type=int, default=80)
+    parser.add_argument("--baseline-cache", default="outputs/answer-match/baselines.json")
+    parser.add_argument("--save", default=None, help="Save the trained model here.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", default="docs/results/answer-match.json")
+    return parser.parse_args(argv)
+
+
+def arguments(options, folder: str, **phase) -> ScaleDownTrainingArguments:
+    return ScaleDownTrainingArguments(
+        output_dir=f"outputs/answer-match/{options.name}-{folder}",
+        per_device_train_batch_size=options.batch_size,
+        save_strategy="no",
+        seed=options.seed,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=10,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        **phase,
+    )
+
+
+def main(argv=None):
+    options = parse(argv)
+    command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    set_seed(options.seed)
+    if options.model:
+        model = ScaleDownForCausalLM.from_pretrained(options.model)
+    else:
+        model = ScaleDownForCausalLM.from_generator(
+            str(smollm2_path()), num_compressor_layers=5, memory_injection_layer=5, memory_slots="chunk_attention"
+        )
+    train = load_from_disk(options.data)["train"]
+    run = {"name": options.name, "command": command, "settings": vars(options)}
+    if options.warm_up_steps > 0:
+        from scaledown.demo import DemoSettings, _warm_up
+
+        settings = DemoSettings(
+            warmup_steps=options.warm_up_steps,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            learning_rate_generator_warmup=options.warm_up_learning_rates[0],
+            learning_rate_compressor_warmup=options.warm_up_learning_rates[1],
+        )
+        start = time.perf_counter()
+        run["warm_up"] = _warm_up(model, train, settings, Path(f"outputs/answer-match/{options.name}"), True)
+        run["warm_up_seconds"] = round(time.perf_counter() - start, 1)
+        if options.save_warm_up:
+            model.save_pretrained(options.save_warm_up)
+    if options.steps > 0:
+        set_seed(options.seed)
+        args = arguments(
+            options,
+            "qa",
+            max_steps=options.steps,
+            learning_rate_generator=options.learning_rate_generator,
+            learning_rate_compressor=options.learning_rate_compressor,
+            autoencoding_mix=options.autoencoding_mix,
+            autoencoding_loss_weight=options.autoencoding_loss_weight,
+            num_train_documents=options.num_train_documents,
+            answer_field=options.answer_field,
+            answer_document_first=not options.no_answer_document_first,
+            freeze_compressor=not (options.train_compressor or options.freeze_generator),
+            freeze_generator=options.freeze_generator,
+            raw_document_teacher=options.kl_weight > 0,
+            kl_weight=options.kl_weight,
+        )
+        if options.train_slot_scorer:  # the scorer as a readout, like the relevance head (probe only)
+            import scaledown.training.trainer as trainer_module
+
+            side = trainer_module.parameter_side
+            trainer_module.parameter_side = lambda name: "reranking_head" if "slot_scorer" in name else side(name)
+        trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train)
+        start = time.perf_counter()
+        result = trainer.train()
+        run["train_seconds"] = round(time.perf_counter() - start, 1)
+        run["train_loss"] = result.training_loss
+        run["log_history"] = trainer.state.log_history
+    model.eval()
+    if options.save:
+        model.save_pretrained(options.save)
+    if options.eval_data != "none":
+        rows = load_from_disk(options.eval_data)["test"].to_list()[: options.eval_questions]
+        cache = Path(options.baseline_cache)
+        key = f"{Path(options.eval_data).resolve()}:{options.eval_questions}:{options.eval_documents}"
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        start = time.perf_counter()
+        report = evaluate_model(
+            model, rows, num_documents=options.eval_documents, with_baseline=key not in cached, max_new_tokens=32
+        )
+        run["eval_seconds"] = round(time.perf_counter() - start, 1)
+        if key not in cached:
+            cached[key] = [r["uncompressed_match"] for r in report["records"]]
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(cached))
+        compressed = [r["compressed_match"] for r in report["records"]]
+        run["match"] = sum(compressed) / len(compressed)
+        run["uncompressed_match"] = sum(cached[key]) / len(cached[key])
+        run["paired"] = paired_match(compressed, cached[key])
+        run["answers"] = [(r["question"], r["compressed"], r["compressed_match"]) for r in report["records"]]
+        print(f"{options.name}: Match {run['match']:.4f} vs uncompressed {run['uncompressed_match']:.4f}")
+    path = Path(options.record)
+    record = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    record["runs"] = [r for r in record["runs"] if r["name"] != run["name"]] + [run]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
