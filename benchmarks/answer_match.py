@@ -53,14 +53,6 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--answer-field", default="gold_answers")
     parser.add_argument("--no-answer-document-first", action="store_true")
     parser.add_argument("--train-compressor", action="store_true", help="Let the compressor move in this phase.")
-    parser.add_argument(
-        "--freeze-generator", action="store_true", help="Keep the generator fixed (trains the compressor)."
-    )
-    parser.add_argument(
-        "--train-slot-scorer",
-        action="store_true",
-        help="Chunk-pooling scorer learns, compressor fixed.",
-    )
     parser.add_argument("--kl-weight", type=float, default=0.0)
     parser.add_argument("--eval-documents", type=int, default=10)
     parser.add_argument("--eval-questions", type=int, default=80)
@@ -127,16 +119,10 @@ def main(argv=None):
             num_train_documents=options.num_train_documents,
             answer_field=options.answer_field,
             answer_document_first=not options.no_answer_document_first,
-            freeze_compressor=not (options.train_compressor or options.freeze_generator),
-            freeze_generator=options.freeze_generator,
+            freeze_compressor=not options.train_compressor,
             raw_document_teacher=options.kl_weight > 0,
             kl_weight=options.kl_weight,
         )
-        if options.train_slot_scorer:  # the scorer as a readout, like the relevance head (probe only)
-            import scaledown.training.trainer as trainer_module
-
-            side = trainer_module.parameter_side
-            trainer_module.parameter_side = lambda name: "reranking_head" if "slot_scorer" in name else side(name)
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train)
         start = time.perf_counter()
         result = trainer.train()
