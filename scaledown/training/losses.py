@@ -302,7 +302,12 @@ def weighted_label_count(
 ) -> torch.Tensor:
     """The label tokens of `labels` `(batch_size, seq_len)` after the next-token shift, each counting its weight in
     `label_weights` (same shape) when given: the normaliser of [`answer_cross_entropy`]."""
-    mask = labels[:, 1:].ne(ignore_index)
+    return _count(labels[:, 1:], label_weights, ignore_index)
+
+
+def _count(shifted_labels, label_weights, ignore_index) -> torch.Tensor:
+    """Label tokens of already shifted labels, weighted by `label_weights` (not shifted) when given."""
+    mask = shifted_labels.ne(ignore_index)
     if label_weights is None:
         return mask.sum()
     return (label_weights[:, 1:].to(mask.device).float() * mask).sum()
@@ -311,8 +316,7 @@ def weighted_label_count(
 def _denominator(labels, num_items_in_batch, ignore_index, like: torch.Tensor, label_weights=None) -> torch.Tensor:
     """`labels` already shifted (`label_weights` not)."""
     if num_items_in_batch is None:
-        mask = labels.ne(ignore_index)
-        count = mask.sum() if label_weights is None else (label_weights[:, 1:].to(mask.device).float() * mask).sum()
+        count = _count(labels, label_weights, ignore_index)
     else:
         count = torch.as_tensor(num_items_in_batch)
     return count.to(like.device, like.dtype).clamp(min=1)
