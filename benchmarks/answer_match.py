@@ -40,6 +40,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-data", required=True, help="Folder with a test split to score, or `none`.")
     parser.add_argument("--name", required=True)
     parser.add_argument("--model", default=None, help="Start from this ScaleDown folder (default: a fresh model).")
+    parser.add_argument("--memory-slots", default="chunk_attention", help="Memory slots of a fresh model.")
+    parser.add_argument("--selector-data", default=None, help="Folder whose train split fits the span selector.")
+    parser.add_argument("--selector-epochs", type=int, default=8)
     parser.add_argument("--warm-up-steps", type=int, default=0, help="Auto-encoding warm-up first (the demo's).")
     parser.add_argument("--save-warm-up", default=None, help="Save the model after the warm-up here.")
     parser.add_argument("--warm-up-learning-rates", type=float, nargs=2, default=(5e-4, 2e-4))
@@ -87,10 +90,18 @@ def main(argv=None):
         model = ScaleDownForCausalLM.from_pretrained(options.model)
     else:
         model = ScaleDownForCausalLM.from_generator(
-            str(smollm2_path()), num_compressor_layers=5, memory_injection_layer=5, memory_slots="chunk_attention"
+            str(smollm2_path()), num_compressor_layers=5, memory_injection_layer=5, memory_slots=options.memory_slots
         )
     train = load_from_disk(options.data)["train"]
     run = {"name": options.name, "command": command, "settings": vars(options)}
+    if options.selector_data:
+        from scaledown.training.selection import train_slot_selector
+
+        start = time.perf_counter()
+        selector_rows = load_from_disk(options.selector_data)["train"]
+        run["selector"] = train_slot_selector(model, selector_rows, epochs=options.selector_epochs, seed=options.seed)
+        run["selector_seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(run["selector"]))
     if options.warm_up_steps > 0:
         from scaledown.demo import DemoSettings, _warm_up
 

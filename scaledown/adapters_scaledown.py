@@ -76,7 +76,7 @@ class ScaleDownAdapterMixin:
         if self.config.use_lora:
             for layer in self._lora_layers():
                 layer.set_adapter(layer.active_adapters)  # peft: the active adapters' weights train
-        for module in (self.compressor, self.projector, self.rerank_head, self.slot_scorer):
+        for module in (self.compressor, self.projector, self.rerank_head, self.slot_scorer, self.slot_selector):
             if module is not None:
                 module.requires_grad_(True)
 

@@ -12,7 +12,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 COMPRESSOR_TYPES = ("n_layers", "encoder", "llm")
-MEMORY_SLOTS = ("tokens", "chunk_mean", "chunk_attention")
+MEMORY_SLOTS = ("tokens", "chunk_mean", "chunk_attention", "span")
 DEFAULT_GENERATOR = "mistralai/Mistral-7B-Instruct-v0.2"
 DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
 DEFAULT_LLM_COMPRESSOR = "meta-llama/Llama-3.2-1B-Instruct"
@@ -153,7 +153,14 @@ class ScaleDownConfig(PretrainedConfig):
             `num_memory_tokens` consecutive, equal chunks of the document's tokens (the query still conditions them
             through attention); the compressor input keeps its `<MEM_i>` tokens. `"chunk_attention"`: the same chunks,
             each pooled with softmax weights from a learned score of every position (zero-initialised, so it starts
-            as `"chunk_mean"`), so that a slot can learn to carry the tokens the query needs.
+            as `"chunk_mean"`), so that a slot can learn to carry the tokens the query needs. `"span"`: the hidden
+            states of the `num_memory_tokens` consecutive document tokens that a learned selector
+            ([`ScaleDownSlotSelector`], reading the query and the document) finds most likely to hold the answer: the
+            document's own states, kept as they were computed, where pooling would average the answer away. The
+            selector learns from answer spans (`slot_selection_loss`); see the README, *Reading the memory*.
+        slot_selector_hidden_size (`int`, *optional*, defaults to 256), slot_selector_layers (`int`, *optional*,
+        defaults to 1), slot_selector_heads (`int`, *optional*, defaults to 4):
+            Width, depth and attention heads of the span selector's small bidirectional transformer (`"span"` only).
     """
 
     model_type = "scaledown"
@@ -191,6 +198,9 @@ class ScaleDownConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         memory_injection_layer: int = 0,
         memory_slots: str = "tokens",
+        slot_selector_hidden_size: int = 256,
+        slot_selector_layers: int = 1,
+        slot_selector_heads: int = 4,
         **kwargs,
     ):
         if compressor_type not in COMPRESSOR_TYPES:
@@ -202,6 +212,9 @@ class ScaleDownConfig(PretrainedConfig):
         for name, value in (
             ("num_compressor_layers", num_compressor_layers),
             ("query_max_length", query_max_length),
+            ("slot_selector_hidden_size", slot_selector_hidden_size),
+            ("slot_selector_layers", slot_selector_layers),
+            ("slot_selector_heads", slot_selector_heads),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -244,6 +257,11 @@ class ScaleDownConfig(PretrainedConfig):
             )
         if memory_slots not in MEMORY_SLOTS:
             raise ValueError(f"`memory_slots` must be one of {MEMORY_SLOTS}, got {memory_slots!r}.")
+        if slot_selector_hidden_size % slot_selector_heads:
+            raise ValueError(
+                f"`slot_selector_hidden_size`={slot_selector_hidden_size} must be a multiple of "
+                f"`slot_selector_heads`={slot_selector_heads}."
+            )
         if not isinstance(memory_injection_layer, int) or isinstance(memory_injection_layer, bool):
             raise ValueError(f"`memory_injection_layer` must be an integer, got {memory_injection_layer!r}.")
         if memory_injection_layer < 0:
@@ -281,6 +299,9 @@ class ScaleDownConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.memory_injection_layer = memory_injection_layer
         self.memory_slots = memory_slots
+        self.slot_selector_hidden_size = slot_selector_hidden_size
+        self.slot_selector_layers = slot_selector_layers
+        self.slot_selector_heads = slot_selector_heads
         if self.compressor_config is None and compressor_type == "n_layers" and self.generator_config is not None:
             self.compressor_config = self._first_layers_config()  # what the compressor is built from
         layers = getattr(self.generator_config, "num_hidden_layers", None)

@@ -32,8 +32,21 @@ class DemoSettings:
         },
     )
     memory_slots: str = field(
-        default="chunk_attention",
-        metadata={"help": "chunk_attention (learned pooling of each document chunk), chunk_mean or tokens (OSCAR)."},
+        default="span",
+        metadata={
+            "help": "chunk_attention (learned pooling of each document chunk), chunk_mean, tokens (OSCAR) or span "
+            "(the states of the document tokens a learned selector finds most answer-like; no auto-encoding: the "
+            "selector is fitted on the training split's answer spans first)."
+        },
+    )
+    selector_epochs: int = field(default=8, metadata={"help": "Epochs of the span selector's fit (span slots)."})
+    selector_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the span selector's fit."})
+    selector_questions: int = field(
+        default=100000,
+        metadata={
+            "help": "Training questions (at most) whose answer spans fit the span selector (span slots): more than "
+            "`train_questions`, which question answering reads."
+        },
     )
     enable_reranking: bool = field(
         default=True, metadata={"help": "Train and evaluate the relevance head (online models only)."}
@@ -78,6 +91,14 @@ class DemoSettings:
     freeze_compressor: bool = field(
         default=True,
         metadata={"help": "Keep the warmed-up compressor fixed while the generator learns to answer."},
+    )
+    freeze_generator: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the generator's LoRA adapters fixed in question answering (the heads still learn). Default: "
+            "fixed for span slots (the base generator reads its own states of the selected tokens; 150 LoRA steps "
+            "made it read them less: README, *Reading the memory*), trained otherwise."
+        },
     )
     answer_field: str = field(
         default="gold_answers",
@@ -153,6 +174,7 @@ def run_demo(settings: DemoSettings) -> dict:
     timings: dict[str, float] = {}
     set_seed(settings.seed)
     use_cpu = settings.device in (None, "cpu")
+    span = settings.memory_slots == "span"  # memory = selected document tokens: nothing to auto-encode
 
     with _stage("generator", timings):
         generator = settings.generator or str(smollm2_path())
@@ -166,7 +188,9 @@ def run_demo(settings: DemoSettings) -> dict:
             num_train_documents=settings.num_train_documents,
             num_eval_documents=settings.num_eval_documents,
             held_out_fraction=0.25,
-            max_train_questions=settings.train_questions,
+            max_train_questions=(
+                max(settings.train_questions, settings.selector_questions) if span else settings.train_questions
+            ),
             max_eval_questions=settings.eval_questions,
             seed=settings.seed,
         )
@@ -215,8 +239,19 @@ def run_demo(settings: DemoSettings) -> dict:
         )
         (out / "eval_before.json").write_text(json.dumps(before, indent=2))
 
-    warmup = None
-    if settings.warmup_steps > 0:
+    warmup = selector = None
+    if span:
+        with _stage("span selector", timings):
+            from .training.selection import train_slot_selector
+
+            selector = train_slot_selector(
+                model,
+                labelled["train"],
+                epochs=settings.selector_epochs,
+                learning_rate=settings.selector_learning_rate,
+                seed=settings.seed,
+            )
+    elif settings.warmup_steps > 0:
         with _stage("warm-up", timings):
             warmup = _warm_up(model, labelled["train"], settings, out, use_cpu)
 
@@ -235,13 +270,17 @@ def run_demo(settings: DemoSettings) -> dict:
             raw_document_teacher=settings.kl_weight > 0 or settings.hidden_distillation_weight > 0,
             kl_weight=settings.kl_weight,
             hidden_distillation_weight=settings.hidden_distillation_weight,
-            autoencoding_mix=settings.autoencoding_mix,
+            autoencoding_mix=0.0 if span else settings.autoencoding_mix,
             answer_field=settings.answer_field,
             answer_document_first=settings.answer_document_first,
             freeze_compressor=settings.freeze_compressor,
+            freeze_generator=span if settings.freeze_generator is None else settings.freeze_generator,
             logging_steps=max(1, min(5, len(labelled["train"]) // (4 * settings.batch_size))),
         )
-        trainer = ScaleDownTrainer(model=model, args=args, train_dataset=labelled["train"])
+        train_rows = labelled["train"]
+        if len(train_rows) > settings.train_questions:  # the selector read more: answering reads its own share
+            train_rows = train_rows.select(range(settings.train_questions))
+        trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train_rows)
         train_result = trainer.train()
         model.eval()
 
@@ -292,6 +331,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "model_dir": str(model_dir.resolve()),
         "data": {**read_data_record(out / "data-labelled"), "questions": {s: len(labelled[s]) for s in labelled}},
         "warm_up": warmup,
+        "span_selector": selector,
         "train": {
             **train_result.metrics,
             "global_step": train_result.global_step,

@@ -62,10 +62,14 @@ class ScaleDownCompressorOutput(ModelOutput):
             Compressed representation of every (query, document) pair, in the generator's embedding space.
         rerank_scores (`torch.FloatTensor` of shape `(num_pairs,)`, *optional*):
             Relevance score of every pair, when `config.enable_reranking`.
+        slot_scores (`torch.FloatTensor` of shape `(num_pairs, compressor_length)`, *optional*):
+            With `config.memory_slots="span"`: the span selector's score of every document token (`-inf` elsewhere),
+            what [`~scaledown.training.losses.slot_selection_loss`] trains.
     """
 
     memory_embeddings: torch.FloatTensor | None = None
     rerank_scores: torch.FloatTensor | None = None
+    slot_scores: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -82,6 +86,9 @@ class ScaleDownCausalLMOutput(ModelOutput):
             Relevance score of every (query, document) pair, when `config.enable_reranking`.
         memory_embeddings (`torch.FloatTensor` of shape `(num_pairs, num_memory_tokens, generator_hidden_size)`):
             The compressed documents written into the `<MEM>` slots of the prompts.
+        slot_scores (`torch.FloatTensor` of shape `(num_pairs, compressor_length)`, *optional*):
+            The span selector's document-token scores (`config.memory_slots="span"`; see
+            [`ScaleDownCompressorOutput`]).
         hidden_states, attentions:
             As returned by the generator (with `output_hidden_states` / `output_attentions`).
     """
@@ -90,6 +97,7 @@ class ScaleDownCausalLMOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     rerank_scores: torch.FloatTensor | None = None
     memory_embeddings: torch.FloatTensor | None = None
+    slot_scores: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -169,6 +177,34 @@ def _gather_positions(hidden: torch.Tensor, mask: torch.Tensor, count: int) -> t
     return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
+def _document_mask(input_ids: torch.LongTensor, is_memory: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """`(rows, length)` bool: the document tokens of every compressor row, those after its `separator_id` token (or
+    from the start, for rows without one: document suffixes read after a cached query prefix) and before its first
+    memory token (so never padding, which follows the memory tokens)."""
+    is_separator = input_ids == separator_id
+    seen_separator = is_separator.long().cumsum(1) > 0
+    after_separator = torch.where(is_separator.any(1, keepdim=True), seen_separator & ~is_separator, True)
+    return after_separator & (is_memory.long().cumsum(1) == 0)
+
+
+def _span_positions(scores: torch.Tensor, is_document: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` consecutive document tokens of every row with the largest total softmax probability under
+    `scores` `(rows, length)` (softmax over the row's document tokens; a document shorter than `count` gives all of
+    its tokens): `(positions, inside)`, both `(rows, count)`, `inside` false where a position lies past the document.
+    Static shapes (cumulative sums and an argmax), so that XLA compiles it once."""
+    length = scores.shape[1]
+    probabilities = torch.softmax(scores.float().masked_fill(~is_document, float("-inf")), dim=-1)
+    totals = nn.functional.pad(torch.nan_to_num(probabilities).cumsum(1), (1, 0))  # (rows, length + 1)
+    starts = torch.arange(length, device=scores.device)
+    window = totals[:, (starts + count).clamp(max=length)] - totals[:, starts]
+    index = is_document.long().cumsum(1) - 1  # position within the document
+    valid = is_document & ((index + count <= is_document.sum(1, keepdim=True)) | (index == 0))
+    start = window.masked_fill(~valid, -1.0).argmax(dim=1, keepdim=True)
+    positions = start + torch.arange(count, device=scores.device)
+    inside = torch.gather(is_document, 1, positions.clamp(max=length - 1)) & (positions < length)
+    return positions.clamp(max=length - 1), inside
+
+
 def _chunk_means(
     hidden: torch.Tensor,
     input_ids: torch.LongTensor,
@@ -184,10 +220,7 @@ def _chunk_means(
     every chunk holds `n / count` tokens (at least one when `n >= count`; a chunk without tokens gives zeros). With
     `scores` `(rows, length)`, each chunk is a softmax-weighted mean instead (equal scores: the plain mean). Static
     shapes (cumulative sums, a masked softmax and a batched matmul), so that XLA compiles it once."""
-    is_separator = input_ids == separator_id
-    seen_separator = is_separator.long().cumsum(1) > 0
-    after_separator = torch.where(is_separator.any(1, keepdim=True), seen_separator & ~is_separator, True)
-    is_document = after_separator & (is_memory.long().cumsum(1) == 0)
+    is_document = _document_mask(input_ids, is_memory, separator_id)
     length = is_document.sum(1, keepdim=True)
     index = is_document.long().cumsum(1) - 1
     chunk = torch.div(index * count, length.clamp(min=1), rounding_mode="floor")
@@ -265,6 +298,65 @@ class ScaleDownSlotScorer(nn.Linear):
     softmax(score)-weighted mean of its document chunk. Zero-initialised, so training starts from the plain means."""
 
 
+class ScaleDownSelectorLayer(nn.Module):
+    """One pre-norm bidirectional transformer layer of [`ScaleDownSlotSelector`] (SDPA attention, GELU MLP of twice
+    the width, dropout 0.1 on both residual branches)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(hidden_size)
+        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+        self.mlp_norm = nn.LayerNorm(hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, 2 * hidden_size), nn.GELU(), nn.Linear(2 * hidden_size, hidden_size)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`hidden_states` `(rows, length, hidden_size)`; `attention_mask` `(rows, length)` bool, the readable
+        positions."""
+        rows, length, width = hidden_states.shape
+        qkv = self.qkv_proj(self.attention_norm(hidden_states)).view(rows, length, 3, self.num_heads, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = attention_mask[:, None, None, :]
+        attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        attended = attended.transpose(1, 2).reshape(rows, length, width)
+        hidden_states = hidden_states + self.dropout(self.o_proj(attended))
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+
+class ScaleDownSlotSelector(nn.Module):
+    """Scores every compressor position for `memory_slots="span"`: a small bidirectional transformer over the
+    compressor's output states of `[start][query][<DOC>][document]` (so that each document token is scored against
+    the whole query), then a linear score. The memory of a document is the compressor's own states at the
+    `num_memory_tokens` consecutive document tokens whose softmax scores sum highest: a hard choice, learned from
+    answer spans ([`~scaledown.training.losses.slot_selection_loss`]), not from the generator's loss.
+
+    Args:
+        in_features (`int`): the compressor's hidden size.
+        hidden_size (`int`): the selector's width (`config.slot_selector_hidden_size`).
+        num_layers (`int`): transformer layers (`config.slot_selector_layers`).
+        num_heads (`int`): attention heads (`config.slot_selector_heads`).
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, num_layers: int, num_heads: int):
+        super().__init__()
+        self.input_norm = nn.LayerNorm(in_features)  # the compressor's states carry a few massive dimensions
+        self.input_proj = nn.Linear(in_features, hidden_size)
+        self.layers = nn.ModuleList(ScaleDownSelectorLayer(hidden_size, num_heads) for _ in range(num_layers))
+        self.score = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`hidden_states` `(rows, length, in_features)`, `attention_mask` `(rows, length)` bool -> scores
+        `(rows, length)` (float32)."""
+        hidden_states = self.input_proj(self.input_norm(hidden_states))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return self.score(hidden_states).squeeze(-1).float()
+
+
 class ScaleDownPreTrainedModel(PreTrainedModel):
     config_class = ScaleDownConfig
     base_model_prefix = "scaledown"
@@ -285,6 +377,9 @@ class ScaleDownPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
 
 class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDownPreTrainedModel, GenerationMixin):
@@ -339,10 +434,18 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         self.slot_scorer = (
             ScaleDownSlotScorer(compressor_width, 1) if config.memory_slots == "chunk_attention" else None
         )
+        self.slot_selector = (
+            ScaleDownSlotSelector(
+                compressor_width, config.slot_selector_hidden_size, config.slot_selector_layers,
+                config.slot_selector_heads,
+            )
+            if config.memory_slots == "span"
+            else None
+        )  # fmt: skip
         # The heads read the compressor's states: same dtype (a generator and compressor loaded in bfloat16 by
         # `from_generator` while the default dtype is float32 must not leave them in float32).
         compressor_dtype = next(compressor.parameters()).dtype
-        for module in (self.projector, self.rerank_head, self.slot_scorer):
+        for module in (self.projector, self.rerank_head, self.slot_scorer, self.slot_selector):
             if module is not None:
                 module.to(dtype=compressor_dtype)
 
@@ -607,11 +710,17 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
                 f"Every compressor input must hold the {config.num_memory_tokens} memory tokens exactly once; found "
                 f"{int(is_memory.sum())} memory tokens in {num_rows} rows."
             )
+        slot_scores = None
         if config.memory_slots in ("chunk_mean", "chunk_attention"):
             scores = self.slot_scorer(hidden).squeeze(-1) if self.slot_scorer is not None else None
             memory = _chunk_means(
                 hidden, input_ids, is_memory, config.document_separator_token_id, config.num_memory_tokens, scores
             )
+        elif config.memory_slots == "span":
+            slot_scores, is_document = self.score_slots(hidden, input_ids, is_memory)
+            positions, inside = _span_positions(slot_scores.detach(), is_document, config.num_memory_tokens)
+            memory = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            memory = memory * inside.unsqueeze(-1).to(memory.dtype)
         else:
             memory = _gather_positions(hidden, is_memory, config.num_memory_tokens)
         if self.projector is not None:
@@ -622,7 +731,25 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
             if _can_check(input_ids) and not bool((is_rerank.sum(dim=1) == 1).all()):
                 raise ValueError(f"Every compressor input must hold the {config.rerank_token} token exactly once.")
             scores = self.rerank_head(_gather_positions(hidden, is_rerank, 1)[:, 0]).squeeze(-1)
-        return ScaleDownCompressorOutput(memory_embeddings=memory, rerank_scores=scores)
+        return ScaleDownCompressorOutput(memory_embeddings=memory, rerank_scores=scores, slot_scores=slot_scores)
+
+    def score_slots(
+        self, hidden: torch.Tensor, input_ids: torch.LongTensor, is_memory: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The span selector's scores `(rows, length)` of compressor states `hidden` `(rows, length, width)` computed
+        for `input_ids` (`-inf` outside the document tokens), and the document-token mask `(rows, length)`. The
+        selector reads each row's start, query, separator and document tokens (never its memory tokens or padding,
+        which follow them). `memory_slots="span"` only."""
+        if self.slot_selector is None:
+            raise ValueError('`score_slots` needs a model with `memory_slots="span"`.')
+        if is_memory is None:
+            is_memory = _isin(
+                input_ids, torch.tensor(self.config.compressor_memory_token_ids, device=input_ids.device)
+            )
+        is_document = _document_mask(input_ids, is_memory, self.config.document_separator_token_id)
+        readable = is_memory.long().cumsum(1) == 0
+        scores = self.slot_selector(hidden.to(self.slot_selector.input_proj.weight.dtype), readable)
+        return scores.masked_fill(~is_document, float("-inf")), is_document
 
     def _compress_after_prefix(self, prefix: list[int], suffixes: list[list[int]], length: int, device):
         """Decoder compressors: encode the query prefix once, then every document suffix on top of its cached
@@ -639,6 +766,9 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         hidden = self.compressor(
             input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
         ).last_hidden_state
+        if self.config.memory_slots == "span":  # the selector reads the query too
+            hidden = torch.cat([out.last_hidden_state.expand(len(suffixes), -1, -1), hidden], dim=1)
+            ids = torch.cat([prefix_ids.expand(len(suffixes), -1), ids], dim=1)
         return self._read_memory(hidden, ids)
 
     def _check_tokenizers(self):
@@ -852,12 +982,13 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         """
         if reduction not in ("mean", "sum"):
             raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
-        rerank_scores = None
+        rerank_scores = slot_scores = None
         if compressor_input_ids is not None:
             if memory_embeddings is not None:
                 raise ValueError("Give either `compressor_input_ids` or `memory_embeddings`, not both.")
             compressed = self.compress(compressor_input_ids, compressor_attention_mask)
             memory_embeddings, rerank_scores = compressed.memory_embeddings, compressed.rerank_scores
+            slot_scores = compressed.slot_scores
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("Give `input_ids` (or `inputs_embeds`) for the generator.")
@@ -893,6 +1024,7 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
             logits=outputs.logits,
             rerank_scores=rerank_scores,
             memory_embeddings=memory_embeddings,
+            slot_scores=slot_scores,
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )

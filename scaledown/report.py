@@ -295,6 +295,15 @@ def write_report(run: dict, output_dir) -> Path:
     if "reranking" in after:
         lines += ["", f"Reranking agreement with the teacher after training: {json.dumps(after['reranking'])}."]
     lines += ["", "![quality](quality.png)", ""]
+    selector = run.get("span_selector")
+    if selector:
+        hits = selector["window_hit_rate"]
+        lines += [
+            f"Span selector: fitted on {selector['pairs']} answer spans for {selector['epochs']} epochs; its chosen "
+            f"window holds an answer token in {_fmt(hits['after'])} of "
+            f"{selector['validation_pairs']} held-out training pairs (before fitting: {_fmt(hits['before'])}).",
+            "",
+        ]
     if has_curve:
         train = run["train"]
         lines += [

@@ -42,7 +42,7 @@ def compressor_fingerprint(model) -> str:
     settings = {name: getattr(config, name, None) for name in names}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(("compressor.", "projector.", "slot_scorer.")):
+        if name.startswith(("compressor.", "projector.", "slot_scorer.", "slot_selector.")):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

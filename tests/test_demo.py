@@ -14,13 +14,15 @@ from scaledown import ScaleDownForCausalLM
 pytestmark = pytest.mark.slow
 
 
-def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
+@pytest.mark.parametrize("memory_slots", ["span", "chunk_attention"])
+def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder, memory_slots):
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "scaledown.cli", "demo", "--output-dir", str(out), "--train-questions", "8",
                "--eval-questions", "4", "--num-train-documents", "2", "--num-eval-documents", "3",
                "--teacher-max-new-tokens", "8", "--eval-max-new-tokens", "8", "--benchmark-batch-sizes", "1",
                "--benchmark-repetitions", "1", "--benchmark-profile", "false", "--warmup-steps", "2",
-               "--max-steps", "3"]  # fmt: skip
+               "--max-steps", "3", "--memory-slots", memory_slots, "--selector-questions", "16",
+               "--selector-epochs", "2"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "After training:" in result.stdout
@@ -29,21 +31,31 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder):
     for name in artefacts:
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
-    assert run["data"]["questions"] == {"train": 8, "test": 4}  # with what prepare-data and label recorded
+    span = memory_slots == "span"
+    # With what prepare-data and label recorded: span slots fit their selector on more training questions.
+    assert run["data"]["questions"] == {"train": 16 if span else 8, "test": 4}
     assert run["data"]["sources"] == ["squad_v1.1_dev_sample.json"] and run["data"]["retriever"] == "bm25"
     assert run["eval_after"]["compressed"]["gold"]["count"] == 4
     assert run["eval_before"]["uncompressed"]["teacher_fidelity"]["rouge_l"] == 1.0
     assert "1" in run["benchmark"]["per_batch_size"]
     report = (out / "report.md").read_text()
     assert "| ScaleDown (online compression) |" in report and "| uncompressed base generator" in report
-    assert run["warm_up"]["global_step"] == 2 and run["train"]["global_step"] == 3
-    assert "warm-up" in run["timings_seconds"]
+    assert run["train"]["global_step"] == 3
+    if span:  # no auto-encoding: the selector is fitted on answer spans, and the base generator stays as it is
+        assert (
+            run["warm_up"] is None and run["span_selector"]["pairs"] > 0 and "span selector" in run["timings_seconds"]
+        )
+        assert run["training_arguments"]["freeze_generator"] is True
+        assert "Span selector: fitted on" in report
+    else:
+        assert run["warm_up"]["global_step"] == 2 and "warm-up" in run["timings_seconds"]
+        assert run["training_arguments"]["freeze_generator"] is False
     gain = run["eval_after"]["document_gain"]
     assert gain["num_documents"] == 1 and gain["questions"] == 4
     share = f"{gain['gain_share']:.4f}".rstrip("0").rstrip(".") if "gain_share" in gain else "—"  # none if raw <= 0
     assert f"gain share {share}" in report
     config = json.loads((out / "model" / "config.json").read_text())
-    assert (config["memory_injection_layer"], config["memory_slots"]) == (5, "chunk_attention")
+    assert (config["memory_injection_layer"], config["memory_slots"]) == (5, memory_slots)
     card = ModelCard.load(out / "model" / "README.md")
     match = {r.metric_type: r.metric_value for r in card.data.eval_results}["match"]
     assert match == round(run["eval_after"]["compressed"]["gold"]["match"], 4)

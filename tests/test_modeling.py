@@ -30,6 +30,8 @@ VARIANTS = [
     # Memory written into the residual stream at generator layer 2 (the compressor's depth), pooled chunk slots.
     ("llama", "n_layers", None, "chunk_mean"),
     ("qwen2", "llm", None, "chunk_attention"),
+    # Memory = the compressor's states at the document tokens a learned selector picks.
+    ("llama", "n_layers", None, "span"),
 ]
 VARIANT_IDS = ["-".join(v for v in variant if v) for variant in VARIANTS]
 

@@ -155,8 +155,11 @@ def test_a_frozen_side_does_not_move(tmp_path, side):
     assert all(
         p.grad is None for n, p in model.named_parameters() if n in moved and is_generator[n] == (side == "generator")
     )
-    with pytest.raises(ValueError, match="leave nothing to train"):
-        arguments(tmp_path, freeze_generator=True, freeze_compressor=True)
+    # Both sides frozen: only the heads (relevance head, span selector) learn; a model without them has nothing to.
+    both = arguments(tmp_path, freeze_generator=True, freeze_compressor=True)
+    ScaleDownTrainer(model=make_scaledown(enable_reranking=True), args=both, train_dataset=Dataset.from_list(rows()))
+    with pytest.raises(ValueError, match="Nothing left to train"):
+        ScaleDownTrainer(model=make_scaledown(), args=both, train_dataset=Dataset.from_list(rows()))
 
 
 def test_collator_builds_the_raw_document_teacher_prompts():

@@ -55,7 +55,8 @@ class ScaleDownArgumentsMixin:
         default=False,
         metadata={
             "help": "Keep the memory path (compressor, projector, slot scorer) fixed in this run: the generator's "
-            "adapters (and the reranking head, when on) learn. E.g. after an auto-encoding warm-up."
+            "adapters (and the reranking head and span selector, when on) learn. E.g. after an auto-encoding "
+            "warm-up. With `freeze_generator` too, only those heads learn."
         },
     )
     reranking_loss_weight: float = field(
@@ -101,6 +102,13 @@ class ScaleDownArgumentsMixin:
             "alike."
         },
     )
+    slot_selection_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": 'Weight of the span selector\'s loss (`memory_slots="span"`; batches need `gold_answers`): the '
+            "negative log-probability of the answer's document tokens under the selector."
+        },
+    )
     answer_document_first: bool = field(
         default=False,
         metadata={
@@ -131,12 +139,12 @@ class ScaleDownArgumentsMixin:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value}.")
-        if self.freeze_generator and self.freeze_compressor:
-            raise ValueError("`freeze_generator` and `freeze_compressor` together leave nothing to train.")
         if self.reranking_loss_weight < 0:
             raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
         if self.kl_weight < 0:
             raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+        if self.slot_selection_loss_weight < 0:
+            raise ValueError(f"`slot_selection_loss_weight` must be >= 0, got {self.slot_selection_loss_weight}.")
         if self.hidden_distillation_weight < 0:
             raise ValueError(f"`hidden_distillation_weight` must be >= 0, got {self.hidden_distillation_weight}.")
         if self.hidden_distillation_weight > 0 and not self.raw_document_teacher:

@@ -7,8 +7,10 @@ import torch
 
 from ..configuration_scaledown import ScaleDownConfig
 from ..processing_scaledown import (
+    _encode,
     build_compressor_inputs,
     build_generator_inputs,
+    compressor_parts,
     max_compressor_length,
     memory_segments,
     raw_document_segments,
@@ -20,6 +22,33 @@ INSTRUCTIONS = {
     AUTOENCODING: "Repeat the background document word for word.",
     CONTINUATION: "Continue the background document with the text that follows it.",
 }
+
+
+def answer_token_mask(
+    tokenizer, config: ScaleDownConfig, questions: list[str], documents: list[list[str]], answers: list[list[str]]
+) -> list[list[int]]:
+    """Per (question, document) pair, question-major as [`build_compressor_inputs`] lays them out, the positions of
+    the compressor row's document tokens that overlap the first occurrence (case-insensitive) of the first of the
+    question's `answers` found in the document's read part (its first `doc_max_length` tokens); an empty list where
+    none occurs. The targets of [`~scaledown.training.losses.slot_selection_loss`] (`memory_slots="span"`)."""
+    parts = compressor_parts(tokenizer, config, questions, documents)
+    masks = []
+    for (prefix, _), docs, row_answers in zip(parts, documents, answers):
+        wanted = [a.lower() for a in row_answers or [] if isinstance(a, str) and a.strip()]
+        for document in docs:
+            encoded = tokenizer(
+                document, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True,
+                truncation=True, max_length=config.doc_max_length,
+            )  # fmt: skip
+            offsets = encoded["offset_mapping"]
+            read = document[: offsets[-1][1]].lower() if offsets else ""
+            at, answer = next(((read.find(a), a) for a in wanted if a in read), (-1, ""))
+            if at < 0 or encoded["input_ids"] != _encode(tokenizer, [document], config.doc_max_length)[0]:
+                masks.append([])
+                continue
+            end = at + len(answer)
+            masks.append([len(prefix) + i for i, (s, e) in enumerate(offsets) if s < end and e > at])
+    return masks
 
 
 class FromModelMixin:
@@ -69,6 +98,10 @@ class ScaleDownDataCollator(FromModelMixin):
             memory, instead of the ~1 in 3 rows whose top retrieved chunk lacks the answer teaching the generator to
             ignore it (README, *Reading the memory*).
         seed (`int`): seed of the draw of auto-encoding rows.
+
+    With `config.memory_slots="span"` and rows that carry `gold_answers`, the batch also holds `slot_answer_mask`
+    `(num_pairs, compressor_length)`: 1 at the document tokens of each pair's answer span (see [`answer_token_mask`]),
+    the target of the span selector.
     """
 
     tokenizer: object
@@ -210,6 +243,13 @@ class ScaleDownDataCollator(FromModelMixin):
             compressor_length = max_compressor_length(self.compressor_tokenizer, config)
         batch = build_compressor_inputs(self.compressor_tokenizer, config, questions, documents, compressor_length)
         batch.update(self._generator_inputs(rows, self.max_prompt_length if self.pad_to_fixed_length else None))
+        if config.memory_slots == "span" and any(row.get("gold_answers") for row in rows):
+            answers = [[] if row.get(AUTOENCODING) else list(row.get("gold_answers") or []) for row in rows]
+            positions = answer_token_mask(self.compressor_tokenizer, config, questions, documents, answers)
+            mask = torch.zeros_like(batch["compressor_input_ids"], dtype=torch.float32)
+            for pair, pair_positions in enumerate(positions):
+                mask[pair, pair_positions] = 1.0
+            batch["slot_answer_mask"] = mask
         autoencoding = [bool(row.get(AUTOENCODING)) for row in rows]
         if self.autoencoding_loss_weight != 1.0 and any(autoencoding):
             row_weight = torch.tensor([self.autoencoding_loss_weight if a else 1.0 for a in autoencoding])

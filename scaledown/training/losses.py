@@ -94,6 +94,28 @@ def reranking_mse(scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.T
     return squared.sum() / scored.sum().clamp(min=1)
 
 
+def slot_selection_loss(slot_scores: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-probability of the answer span under the span selector (`memory_slots="span"`), averaged over the
+    (query, document) pairs whose document holds an answer: for each such pair `logsumexp(scores) -
+    logsumexp(scores[answer tokens])`, the softmax running over the pair's document tokens (`slot_scores` is `-inf`
+    elsewhere). 0 when no pair holds an answer.
+
+    Args:
+        slot_scores (`torch.Tensor` of shape `(num_pairs, length)`): the selector's scores (see
+            `ScaleDownCompressorOutput.slot_scores`).
+        answer_mask (`torch.Tensor` of shape `(num_pairs, length)`): 1 at the answer's document tokens, else 0.
+    """
+    if slot_scores.shape != answer_mask.shape:
+        raise ValueError(f"Slot scores {tuple(slot_scores.shape)} and answer mask {tuple(answer_mask.shape)} differ.")
+    scores = slot_scores.float()
+    answer = answer_mask.to(scores.device) > 0
+    has_answer = answer.any(dim=1)  # static shapes (no boolean indexing): one graph on XLA
+    total = torch.logsumexp(scores, dim=1)
+    on_answer = torch.logsumexp(scores.masked_fill(~answer, float("-inf")), dim=1)
+    losses = torch.where(has_answer, total - torch.where(has_answer, on_answer, 0.0), 0.0)
+    return losses.sum() / has_answer.sum().clamp(min=1)
+
+
 def distillation_kl(
     logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -136,6 +158,9 @@ def distillation_loss(
     teacher_hidden: list[torch.Tensor] | None = None,
     hidden_weight: float = 0.0,
     label_weights: torch.Tensor | None = None,
+    slot_scores: torch.Tensor | None = None,
+    slot_answer_mask: torch.Tensor | None = None,
+    slot_selection_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """OSCAR's objective `CE(answer) + reranking_loss_weight * MSE(scores) (+ kl_weight * KL)`, plus, with a
     raw-document teacher, `hidden_weight * (1 - cos)` between paired hidden states.
@@ -156,10 +181,13 @@ def distillation_loss(
         label_weights (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*): per-token weights of the
             cross-entropy (see [`answer_cross_entropy`]); `num_items_in_batch` is then the weighted count
             ([`weighted_label_count`] summed over the accumulated batch).
+        slot_scores, slot_answer_mask (`torch.Tensor` of shape `(num_pairs, length)`, *optional*): the span
+            selector's scores and its targets; with `slot_selection_weight > 0` the loss adds
+            `slot_selection_weight *` [`slot_selection_loss`] (a micro-batch mean divided by `num_accumulation_steps`).
 
     Returns:
         `(loss, terms)`: the scalar to back-propagate and, detached, the micro-batch means of the unweighted terms
-        (`ce`, and `rerank_mse` / `kl` / `hidden` when active) for logging.
+        (`ce`, and `rerank_mse` / `kl` / `hidden` / `slot_selection` when active) for logging.
     """
     steps = max(int(num_accumulation_steps), 1)
     scale = 1.0 if num_items_in_batch is not None else 1.0 / steps
@@ -195,6 +223,10 @@ def distillation_loss(
         hidden = hidden_state_alignment(student_hidden, teacher_hidden, student_index, teacher_index, valid)
         loss = loss + hidden_weight * hidden / steps
         terms["hidden"] = hidden.detach()
+    if slot_scores is not None and slot_answer_mask is not None and slot_selection_weight > 0:
+        selection = slot_selection_loss(slot_scores, slot_answer_mask)
+        loss = loss + slot_selection_weight * selection / steps
+        terms["slot_selection"] = selection.detach()
     return loss, terms
 
 

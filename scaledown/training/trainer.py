@@ -54,12 +54,12 @@ def default_compressor_learning_rate(compressor_type: str) -> float:
 
 def parameter_side(name: str) -> str:
     """`"generator"` for a parameter of the generator (its LoRA adapters), `"reranking_head"` for the relevance
-    head (a readout of the compressor, trained even while the memory path is frozen), `"compressor"` for the memory
-    path (compressor, projector, slot scorer)."""
+    head and the span selector (readouts of the compressor with losses of their own, trained even while the memory
+    path is frozen), `"compressor"` for the memory path (compressor, projector, slot scorer)."""
     name = f".{name}"
     if ".generator." in name:
         return "generator"
-    return "reranking_head" if ".rerank_head." in name else "compressor"
+    return "reranking_head" if ".rerank_head." in name or ".slot_selector." in name else "compressor"
 
 
 def frozen_sides(args) -> tuple[str, ...]:
@@ -276,6 +276,9 @@ class DistillationTrainerMixin:
             teacher_hidden=teacher_hidden,
             hidden_weight=hidden_weight,
             label_weights=inputs.get("label_weights"),
+            slot_scores=getattr(outputs, "slot_scores", None),
+            slot_answer_mask=inputs.get("slot_answer_mask"),
+            slot_selection_weight=getattr(self.args, "slot_selection_loss_weight", 1.0),
         )
         prefix = "" if model.training else "eval_"
         for key, value in terms.items():  # kept on the device until logged: no host sync per step (XLA)
