@@ -1,8 +1,13 @@
+"""The selector probes' model and batching (shared by span_train_sel.py and span_e2e.py)."""
+
+import os
+
 import torch
 import torch.nn as nn
 
 
-W = 576
+W = 576  # SmolLM2-135M's width
+EM = os.environ.get("EM") == "1"
 
 
 class Sel(nn.Module):
@@ -22,11 +27,15 @@ class Sel(nn.Module):
                 nn.TransformerEncoderLayer(d, 4, 2 * d, 0.1, batch_first=True, norm_first=True), layers
             )
             self.head = nn.Linear(d, 1)
+            self.em = nn.Embedding(2, d)
 
-    def forward(self, h, pad):
+    def forward(self, h, pad, em=None):
         x = self.norm(h.float())
         if self.kind.startswith("attn"):
-            x = self.enc(self.inp(x), src_key_padding_mask=pad)
+            x = self.inp(x)
+            if EM and em is not None:
+                x = x + self.em(em)
+            x = self.enc(x, src_key_padding_mask=pad)
         return self.head(x).squeeze(-1)
 
 
@@ -36,10 +45,13 @@ def batchify(recs):
     pad = torch.ones(len(recs), L, dtype=torch.bool)
     doc = torch.zeros(len(recs), L, dtype=torch.bool)
     tgt = torch.zeros(len(recs), L)
+    em = torch.zeros(len(recs), L, dtype=torch.long)
     for i, r in enumerate(recs):
         n = len(r["h"])
         h[i, :n] = r["h"].float()
         pad[i, :n] = False
         doc[i, r["first"] : n] = True
         tgt[i, r["first"] : n] = r["target"][: n - r["first"]]
-    return h, pad, doc, tgt
+        q = set(r["ids"][1 : r["first"] - 1].tolist())
+        em[i, r["first"] : n] = torch.tensor([int(t in q) for t in r["ids"][r["first"] : n].tolist()])
+    return h, pad, doc, tgt, em
