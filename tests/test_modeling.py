@@ -378,6 +378,13 @@ def test_gradients_reach_trainable_parts_and_frozen_weights_stay(variant, rag_ba
     out = model(**batch)
     assert isinstance(out, ScaleDownCausalLMOutput) and out.loss.ndim == 0
     loss = out.loss + out.rerank_scores.pow(2).mean()
+    if out.slot_scores is not None:  # span slots: the selector learns from answer spans, not through the hard choice
+        from scaledown.training.losses import slot_selection_loss
+
+        first = torch.isfinite(out.slot_scores).float().argmax(dim=1)  # each pair's first document token
+        loss = loss + slot_selection_loss(
+            out.slot_scores, torch.nn.functional.one_hot(first, out.slot_scores.shape[1])
+        )
     loss.backward()
     # LoRA B starts at zero, so LoRA A's first gradient is zero too: B (and everything else) must get a signal.
     groups = {"compressor": False, "lora_B": False, "rerank_head": False, "projector": False}
