@@ -27,7 +27,7 @@ model.eval()
 cfg, tok = model.config, model.compressor_tokenizer
 mem = set(cfg.compressor_memory_token_ids)
 sel = Sel(kind)
-sel.load_state_dict(torch.load(weights), strict=False)  # probes saved before the em feature
+sel.load_state_dict(torch.load(weights, weights_only=True), strict=False)  # probes saved before the em feature
 sel.eval()
 rows = load_from_disk("outputs/answer-match/indep80")["test"].to_list()
 match, hits = [], []

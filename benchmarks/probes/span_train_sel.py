@@ -14,8 +14,11 @@ torch.set_num_threads(2)
 torch.manual_seed(0)
 kind, ntrain, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
-train = torch.load("outputs/span-probe/train16k.pt")[:ntrain]
-evals = {"test400": torch.load("outputs/span-probe/test400.pt"), "indep52": torch.load("outputs/span-probe/indep.pt")}
+train = torch.load("outputs/span-probe/train16k.pt", weights_only=True)[:ntrain]
+evals = {
+    "test400": torch.load("outputs/span-probe/test400.pt", weights_only=True),
+    "indep52": torch.load("outputs/span-probe/indep.pt", weights_only=True),
+}
 
 
 def loss_fn(logits, doc, tgt):
