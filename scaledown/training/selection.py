@@ -11,8 +11,10 @@ import random
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
 
+from ..modeling_scaledown import _span_positions
 from ..processing_scaledown import build_compressor_inputs
 from .collator import answer_token_mask
 from .losses import slot_selection_loss
@@ -72,8 +74,6 @@ def _collate(items: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _window_hits(scores: torch.Tensor, is_document: torch.Tensor, answer: torch.Tensor, count: int) -> torch.Tensor:
-    from ..modeling_scaledown import _span_positions
-
     positions, inside = _span_positions(scores, is_document, count)
     return ((torch.gather(answer, 1, positions) > 0) & inside).any(dim=1).float()
 
@@ -128,8 +128,6 @@ def train_slot_selector(
         return round(float(torch.cat(hits).mean()), 4)
 
     before = hit_rate()
-    from transformers import get_cosine_schedule_with_warmup
-
     optimizer = torch.optim.AdamW(selector.parameters(), lr=learning_rate, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     scheduler = get_cosine_schedule_with_warmup(
