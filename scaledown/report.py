@@ -111,6 +111,23 @@ def document_gain_lines(gain: dict | None) -> list[str]:
     return [text + "."]
 
 
+def documents_table(by_documents: dict) -> list[str]:
+    """Markdown table of paired Match by the number of top documents read (the demo's `by_documents`)."""
+    lines = [
+        "Match by the number of top documents read (compressed and raw alike, paired on the same questions):",
+        "",
+        *_header(["documents", "ScaleDown Match", "uncompressed Match", "ratio", "Match − uncompressed (paired)"]),
+    ]
+    for count, row in by_documents.items():
+        paired = row["paired"]
+        difference = f"{_fmt(paired['match_difference'])} ± {_fmt(paired['match_difference_stderr'])}"
+        lines.append(
+            f"| {count} | {_fmt(row['match'])} | {_fmt(row['uncompressed_match'])} | {_fmt(row['ratio'])} | "
+            f"{difference} |"
+        )
+    return lines
+
+
 def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str]:
     """Markdown table of a benchmark report: per batch size, the seconds of each system, the speed-up over the
     uncompressed generator, the analytic FLOPs ratio and the peak memory."""
@@ -210,6 +227,8 @@ def evaluation_markdown(report: dict, before: dict | None = None, benchmark: dic
     offline_gain = document_gain_lines(report.get("offline_document_gain"))
     if offline_gain:
         lines += ["", "Offline model: " + offline_gain[0]]
+    if len(report.get("by_documents") or {}) > 1:
+        lines += ["", *documents_table(report["by_documents"])]
     if "reranking" in report:
         lines += ["", f"Reranking agreement with the teacher: {json.dumps(report['reranking'])}."]
     if benchmark:
@@ -292,6 +311,7 @@ def write_report(run: dict, output_dir) -> Path:
         *systems_table(after, before),
     ]
     lines += ["", *document_gain_lines(after.get("document_gain"))] if after.get("document_gain") else []
+    lines += ["", *documents_table(after["by_documents"])] if len(after.get("by_documents") or {}) > 1 else []
     if "reranking" in after:
         lines += ["", f"Reranking agreement with the teacher after training: {json.dumps(after['reranking'])}."]
     lines += ["", "![quality](quality.png)", ""]

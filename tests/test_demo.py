@@ -50,6 +50,13 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder, 
     else:
         assert run["warm_up"]["global_step"] == 2 and "warm-up" in run["timings_seconds"]
         assert run["training_arguments"]["freeze_generator"] is False
+    # Paired Match with the top 3 documents (the main evaluation) and with the top one only (`extra_eval_documents`)
+    by_documents = run["eval_after"]["by_documents"]
+    assert (
+        list(by_documents) == ["1", "3"]
+        and by_documents["3"]["match"] == run["eval_after"]["compressed"]["gold"]["match"]
+    )
+    assert by_documents["1"]["paired"]["questions"] == 4 and "Match by the number of top documents read" in report
     gain = run["eval_after"]["document_gain"]
     assert gain["num_documents"] == 1 and gain["questions"] == 4
     share = f"{gain['gain_share']:.4f}".rstrip("0").rstrip(".") if "gain_share" in gain else "—"  # none if raw <= 0
@@ -67,3 +74,12 @@ def test_demo_writes_report_card_and_a_loadable_model(tmp_path, smollm2_folder, 
     )
     fresh = generate_in_fresh_process(out / "model", questions, documents, tmp_path / "modules", max_new_tokens=8)
     assert fresh["answers"] == expected
+
+
+def test_demo_settings_refuse_non_positive_document_counts():
+    from scaledown.demo import DemoSettings
+
+    with pytest.raises(ValueError, match="selector_documents"):
+        DemoSettings(selector_documents=0)
+    with pytest.raises(ValueError, match="extra_eval_documents"):
+        DemoSettings(extra_eval_documents=[1, 0])
