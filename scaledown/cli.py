@@ -80,6 +80,7 @@ def _label(argv: list[str]) -> int:
         splits=args.splits,
         with_scores=not args.no_scores,
         overwrite=args.overwrite,
+        max_rows=args.max_rows,
     )
     print(json.dumps({"output": args.output, "splits": {k: len(v) for k, v in dataset.items()}}, indent=2))
     return 0

@@ -137,7 +137,8 @@ def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str
     extra = [k for k in ("pruned", "offline") if any(f"{k}_seconds" in r for r in bench["per_batch_size"].values())]
     columns = ["batch", "uncompressed s", "ScaleDown s (compressor + generator)", "speed-up", "FLOPs ratio"]
     columns += [c for key in extra for c in (f"{key} s", f"{key} speed-up")]
-    columns += ["peak memory ScaleDown / uncompressed (MiB)"]
+    with_memory = any("peak_memory_mib" in r for r in bench["per_batch_size"].values())
+    columns += ["peak memory ScaleDown / uncompressed (MiB)"] if with_memory else []
     lines = [
         f"{s['num_documents']} documents × {s['doc_tokens']} tokens, {s['query_tokens']}-token query, "
         f"{s['new_tokens']} new tokens, {hardware or s['device']} ({s['dtype']}), medians of "
@@ -160,7 +161,8 @@ def benchmark_table(bench: dict | None, hardware: str | None = None) -> list[str
             seconds = r.get(f"{key}_seconds")
             ratio = r["uncompressed_seconds"] / seconds if seconds else None
             parts += f" {_fmt(seconds, 2)} | {_fmt(ratio, 2)}× |"
-        parts += f" {_fmt(memory.get('compressed'), 0)} / {_fmt(memory.get('uncompressed'), 0)} |"
+        if with_memory:
+            parts += f" {_fmt(memory.get('compressed'), 0)} / {_fmt(memory.get('uncompressed'), 0)} |"
         lines.append(parts)
     return lines
 
@@ -319,7 +321,9 @@ def write_report(run: dict, output_dir) -> Path:
     if selector:
         hits = selector["window_hit_rate"]
         lines += [
-            f"Span selector: fitted on {selector['pairs']} answer spans for {selector['epochs']} epochs; its chosen "
+            f"Span selector: fitted on {selector['pairs']} answer spans"
+            + (f" of {selector['questions']} training questions" if "questions" in selector else "")
+            + f" for {selector['epochs']} epochs; its chosen "
             f"window holds an answer token in {_fmt(hits['after'])} of "
             f"{selector['validation_pairs']} held-out training pairs (before fitting: {_fmt(hits['before'])}).",
             "",

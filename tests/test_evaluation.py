@@ -131,6 +131,19 @@ def test_run_benchmark_writes_json_and_plot(tmp_path):
     assert result["summary"]["settings"]["dtype"] == resolve_dtype("auto", None)  # bfloat16 on AVX512-BF16 CPUs
 
 
+def test_benchmark_table_shows_memory_only_when_measured():
+    from scaledown.report import benchmark_table
+
+    settings = {"num_documents": 10, "doc_tokens": 128, "query_tokens": 128, "new_tokens": 32, "device": "cpu",
+                "dtype": "float32", "repetitions": 1}  # fmt: skip
+    timed = {"uncompressed_seconds": 4.0, "compressed_seconds": 2.0, "speedup": 2.0, "flops_ratio_analytic": 3.1}
+    plain = benchmark_table({"settings": settings, "per_batch_size": {"1": timed}})
+    assert "peak memory" not in plain[2] and plain[-1] == "| 1 | 4 | 2 | 2× | 3.1× |"
+    memory = {"peak_memory_mib": {"compressed": 60.0, "uncompressed": 120.0}}
+    measured = benchmark_table({"settings": settings, "per_batch_size": {"1": {**timed, **memory}}})
+    assert "peak memory" in measured[2] and measured[-1].endswith("| 60 / 120 |")
+
+
 def test_benchmark_dtype_resolution(monkeypatch):
     monkeypatch.setattr(modeling, "has_native_bfloat16", lambda device: True)
     assert resolve_dtype("auto", None) == "bfloat16"

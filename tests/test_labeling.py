@@ -96,6 +96,26 @@ def test_label_dataset_adds_both_columns(tmp_path, teacher):
     assert read_data_record(tmp_path / "labelled")["teacher"]  # the teacher is recorded
 
 
+def test_label_dataset_labels_only_the_first_rows_asked_for(tmp_path, teacher):
+    model, tokenizer = teacher
+    source = tmp_path / "prepared"
+    DatasetDict(
+        {"train": Dataset.from_list(dataset_rows(5)), "test": Dataset.from_list(dataset_rows(2))}
+    ).save_to_disk(str(source))
+    config = ScaleDownConfig(doc_max_length=32, num_memory_tokens=4)
+    out = label_dataset(
+        source, tmp_path / "labelled", model, tokenizer, config, batch_size=2, max_new_tokens=4, max_rows={"train": 3}
+    )
+    assert {split: len(rows) for split, rows in out.items()} == {"train": 3, "test": 2}
+    assert out["train"]["question"] == [row["question"] for row in dataset_rows(3)]
+    assert [len(s) for s in out["train"]["teacher_scores"]] == [len(d) for d in out["train"]["documents"]]
+    assert None not in out["train"]["teacher_answer"]
+    with pytest.raises(ValueError, match="max_rows"):
+        label_dataset(source, tmp_path / "other", model, tokenizer, config, max_new_tokens=4, max_rows={"dev": 3})
+    with pytest.raises(ValueError, match="max_rows"):
+        label_dataset(source, tmp_path / "other", model, tokenizer, config, max_new_tokens=4, max_rows=0)
+
+
 def test_killed_labelling_resumes_and_labels_every_row_once(tmp_path, teacher):
     model, tokenizer = teacher
     teacher_folder = tmp_path / "teacher"

@@ -492,6 +492,27 @@ def test_cli_train_writes_a_loadable_safetensors_model(tmp_path, generator_folde
     assert fresh["answers"] == expected
 
 
+def test_train_fits_the_span_selector_before_training_a_new_model_only(tmp_path, generator_folder):
+    from scaledown.training.run import DataArguments, ModelArguments, run_training
+
+    data = tmp_path / "data"
+    DatasetDict({"train": Dataset.from_list([{**r, "gold_answers": ["Paris"]} for r in rows(12)])}).save_to_disk(
+        str(data)
+    )
+    model_args = ModelArguments(
+        generator=str(generator_folder), num_compressor_layers=2, doc_max_length=32, compression_rate=8,
+        query_max_length=16, memory_slots="span",
+    )  # fmt: skip
+    run_training(model_args, DataArguments(dataset_dir=str(data)), arguments(tmp_path, max_steps=1, selector_epochs=2))
+    record = json.loads((tmp_path / "run" / "selector_results.json").read_text())
+    assert record["questions"] == 12 and record["pairs"] == 11 and len(record["loss"]) == 2
+    # Continuing from the trained folder keeps its selector: no second fit unless `selector_epochs` asks for one.
+    again = arguments(tmp_path, max_steps=1, output_dir=str(tmp_path / "again"))
+    run_training(ModelArguments(model_name_or_path=str(tmp_path / "run")), DataArguments(dataset_dir=str(data)), again)
+    assert (tmp_path / "again" / "model.safetensors").is_file()
+    assert not (tmp_path / "again" / "selector_results.json").exists()
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, generator_folder, dataset_folder):
     """kill -9 after a checkpoint, resume from it: the same final weights as an uninterrupted run (fp32, CPU)."""
     straight = tmp_path / "straight"

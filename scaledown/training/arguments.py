@@ -109,6 +109,16 @@ class ScaleDownArgumentsMixin:
             "negative log-probability of the answer's document tokens under the selector."
         },
     )
+    selector_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": 'Span slots (`memory_slots="span"`): epochs of the span selector\'s fit on the answer spans of '
+            "the training questions (`gold_answers`), the compressor fixed, before training starts (see "
+            "`scaledown.training.selection.train_slot_selector`). Default: 8 for a model built from a generator, 0 "
+            "(keep its selector) for a loaded ScaleDown model or a resumed run."
+        },
+    )
+    selector_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the span selector's fit."})
     answer_document_first: bool = field(
         default=False,
         metadata={
@@ -143,6 +153,10 @@ class ScaleDownArgumentsMixin:
             raise ValueError(f"`reranking_loss_weight` must be >= 0, got {self.reranking_loss_weight}.")
         if self.kl_weight < 0:
             raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+        if self.selector_epochs is not None and self.selector_epochs < 0:
+            raise ValueError(f"`selector_epochs` must be >= 0, got {self.selector_epochs}.")
+        if self.selector_learning_rate <= 0:
+            raise ValueError(f"`selector_learning_rate` must be positive, got {self.selector_learning_rate}.")
         if self.slot_selection_loss_weight < 0:
             raise ValueError(f"`slot_selection_loss_weight` must be >= 0, got {self.slot_selection_loss_weight}.")
         if self.hidden_distillation_weight < 0:

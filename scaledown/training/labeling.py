@@ -242,6 +242,9 @@ class LabelArguments:
     compression_rate: int = field(default=16, metadata={"help": "Only to build a consistent config."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt (default: ScaleDown's)."})
     no_scores: bool = field(default=False, metadata={"help": "Skip the relevance scores."})
+    max_rows: int | None = field(
+        default=None, metadata={"help": "Label (and keep) only the first N rows of each split (default: all)."}
+    )
     overwrite: bool = field(
         default=False, metadata={"help": "Drop the journal of an interrupted run instead of resuming it."}
     )
@@ -269,13 +272,15 @@ def label_dataset(
     with_scores: bool = True,
     teacher_kwargs: dict | None = None,
     overwrite: bool = False,
+    max_rows: int | dict[str, int] | None = None,
 ):
     """Add `teacher_answer` and `teacher_scores` columns to the prepared dataset in `dataset_dir` and save it to
     `output_dir`. `teacher` / `cross_encoder` / `bi_encoder`: a loaded model or a hub id / folder; relevance comes
     from the cross-encoder, else the bi-encoder, else the teacher LLM. `with_answers` may list the splits that get
     teacher answers (e.g. `["train"]`). Resumable (see module doc): the journal carries a fingerprint of the data,
     teacher, prompt, generation options and scorer, and a resume under another one is refused (`overwrite=True`
-    starts over)."""
+    starts over). `max_rows` (one count for every split, or per split name): label and keep only the first rows of a
+    split, e.g. `{"train": 600}` when training reads 600 questions of a larger prepared split."""
     from datasets import DatasetDict, load_from_disk
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -301,6 +306,16 @@ def label_dataset(
     dataset = load_from_disk(str(dataset_dir))
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({"train": dataset})
+    if max_rows is not None:
+        limits = max_rows if isinstance(max_rows, dict) else dict.fromkeys(dataset, max_rows)
+        unknown = [split for split in limits if split not in dataset]
+        if unknown or any(not isinstance(n, int) or n < 1 for n in limits.values()):
+            raise ValueError(
+                f"`max_rows` ({max_rows}) must be positive counts of splits of {dataset_dir} ({list(dataset)})."
+            )
+        dataset = DatasetDict(
+            {s: rows.select(range(min(limits.get(s, len(rows)), len(rows)))) for s, rows in dataset.items()}
+        )
     output_dir = Path(output_dir)
     journal_dir = output_dir.parent / f".{output_dir.name}.partial"
     splits = list(splits or list(dataset))

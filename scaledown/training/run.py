@@ -52,8 +52,9 @@ class ModelArguments:
     memory_slots: str = field(
         default="chunk_attention",
         metadata={
-            "help": "chunk_attention (learned pooling of each document chunk), chunk_mean, or tokens (states at "
-            "appended <MEM_i> tokens, OSCAR)."
+            "help": "chunk_attention (learned pooling of each document chunk), chunk_mean, tokens (states at "
+            "appended <MEM_i> tokens, OSCAR) or span (the states of the document tokens a learned selector finds most "
+            "answer-like; fitted before training, see `selector_epochs`)."
         },
     )
     use_lora: bool = field(default=True, metadata={"help": "LoRA on the generator (else the generator is frozen)."})
@@ -81,11 +82,23 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split for the evaluation loss (optional)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+    selector_dataset_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Span slots: a prepared dataset (its `train_split`; labels not needed) whose answer spans fit the "
+            "span selector, e.g. more questions than training labels (default: the training rows)."
+        },
+    )
+    selector_max_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N rows for the span selector's fit."}
+    )
 
     def __post_init__(self):
         if not self.dataset_dir:
             raise ValueError("`dataset_dir` is required.")
         self.dataset_dir = os.path.expanduser(self.dataset_dir)
+        if self.selector_dataset_dir:
+            self.selector_dataset_dir = os.path.expanduser(self.selector_dataset_dir)
 
 
 @dataclass
@@ -232,6 +245,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     evaluation = dataset[data_args.eval_split] if data_args.eval_split else None
+    _fit_span_selector(model, train, model_args, data_args, training_args)
     trainer = trainer_class(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -240,6 +254,37 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         with open(os.path.join(training_args.output_dir, "train_results.json"), "w") as handle:
             json.dump(result.metrics, handle, indent=2)
     return result
+
+
+def _fit_span_selector(model, train, model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Span slots: fit the span selector on answer spans before training (`selector_epochs`; by default only for a
+    model built from a generator, never for a resumed run) and write its record to `selector_results.json`."""
+    from .selection import train_slot_selector
+
+    epochs = training_args.selector_epochs
+    if epochs is None:
+        epochs = 8 if model_args.model_name_or_path is None and not training_args.resume_from_checkpoint else 0
+    if getattr(model, "slot_selector", None) is None or epochs == 0:
+        return
+    rows = train
+    if data_args.selector_dataset_dir:
+        from datasets import DatasetDict, load_from_disk
+
+        source = load_from_disk(data_args.selector_dataset_dir)
+        if isinstance(source, DatasetDict):
+            if data_args.train_split not in source:
+                raise ValueError(f"{data_args.selector_dataset_dir} has no split {data_args.train_split!r}.")
+            source = source[data_args.train_split]
+        rows = source
+    if data_args.selector_max_samples is not None:
+        rows = rows.select(range(min(data_args.selector_max_samples, len(rows))))
+    record = train_slot_selector(
+        model, rows, epochs=epochs, learning_rate=training_args.selector_learning_rate, seed=training_args.seed
+    )
+    logger.warning(f"Span selector: window hit rate {record['window_hit_rate']} on {record['pairs']} answer spans.")
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    with open(os.path.join(training_args.output_dir, "selector_results.json"), "w") as handle:
+        json.dump(record, handle, indent=2)
 
 
 def run_pretraining(

@@ -93,9 +93,9 @@ def train_slot_selector(
     AdamW with a cosine schedule after a 5 % warm-up minimises [`slot_selection_loss`] for `epochs` epochs.
 
     Returns:
-        `dict`: `pairs` (training pairs with an answer span), `validation_pairs`, `epochs`, per-epoch mean `loss`, and
-        `window_hit_rate`: the share of held-out pairs (`validation_fraction` of them, at least one) whose selected
-        `num_memory_tokens`-token window holds an answer token, before and after training.
+        `dict`: `questions` (rows read), `pairs` (training pairs with an answer span), `validation_pairs`, `epochs`,
+        per-epoch mean `loss`, and `window_hit_rate`: the share of held-out pairs (`validation_fraction` of them, at
+        least one) whose selected `num_memory_tokens`-token window holds an answer token, before and after training.
     """
     if model.slot_selector is None:
         raise ValueError('`train_slot_selector` needs a model with `memory_slots="span"`.')
@@ -153,6 +153,7 @@ def train_slot_selector(
     selector.train(model.training)
     optimizer.zero_grad(set_to_none=True)
     return {
+        "questions": len(rows),
         "pairs": len(train),
         "validation_pairs": len(validation),
         "epochs": epochs,
