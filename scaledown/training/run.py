@@ -278,13 +278,17 @@ def _fit_span_selector(model, train, model_args: ModelArguments, data_args: Data
         rows = source
     if data_args.selector_max_samples is not None:
         rows = rows.select(range(min(data_args.selector_max_samples, len(rows))))
+    if isinstance(training_args, ScaleDownTrainingArguments) and training_args.device.type == "cuda":
+        model.to(training_args.device)  # the Trainer would move it next anyway; the fit runs there too
+    # Every process fits the same selector (same rows, same seed), so that all ranks start training alike.
     record = train_slot_selector(
         model, rows, epochs=epochs, learning_rate=training_args.selector_learning_rate, seed=training_args.seed
     )
     logger.warning(f"Span selector: window hit rate {record['window_hit_rate']} on {record['pairs']} answer spans.")
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    with open(os.path.join(training_args.output_dir, "selector_results.json"), "w") as handle:
-        json.dump(record, handle, indent=2)
+    if getattr(training_args, "process_index", 0) == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "selector_results.json"), "w") as handle:
+            json.dump(record, handle, indent=2)
 
 
 def run_pretraining(
