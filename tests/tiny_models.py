@@ -1,5 +1,7 @@
 """Tiny random models and tokenizers built in-process (no hub access) for the unit tests."""
 
+import string
+
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
@@ -50,15 +52,22 @@ def make_decoder_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFas
 
 
 def make_encoder_tokenizer() -> PreTrainedTokenizerFast:
-    """Lower-cased WordPiece (~200 tokens) with BERT's special tokens."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+    """Lower-cased WordPiece with BERT's special tokens. Its vocabulary is built here, not trained: the `tokenizers`
+    WordPiece trainer breaks ties differently in every process, so the same test would see another tokenizer each run.
+    Special tokens, every character of the corpus and of ASCII alone and as a word piece, then the corpus's words (~210
+    tokens)."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))})
+    characters = sorted(
+        {c for word in words for c in word} | set(string.ascii_lowercase + string.digits + string.punctuation)
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *[f"##{c}" for c in characters]]
+    pieces += [w for w in words if len(w) > 1]
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="[UNK]",
