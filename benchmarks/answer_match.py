@@ -43,6 +43,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory-slots", default="chunk_attention", help="Memory slots of a fresh model.")
     parser.add_argument("--selector-data", default=None, help="Folder whose train split fits the span selector.")
     parser.add_argument("--selector-epochs", type=int, default=8)
+    parser.add_argument("--span-windows", type=int, default=None, help="Set the model's `span_windows` (span slots).")
     parser.add_argument("--warm-up-steps", type=int, default=0, help="Auto-encoding warm-up first (the demo's).")
     parser.add_argument("--save-warm-up", default=None, help="Save the model after the warm-up here.")
     parser.add_argument("--warm-up-learning-rates", type=float, nargs=2, default=(5e-4, 2e-4))
@@ -92,6 +93,8 @@ def main(argv=None):
         model = ScaleDownForCausalLM.from_generator(
             str(smollm2_path()), num_compressor_layers=5, memory_injection_layer=5, memory_slots=options.memory_slots
         )
+    if options.span_windows is not None:
+        model.config.span_windows = options.span_windows
     train = load_from_disk(options.data)["train"]
     run = {"name": options.name, "command": command, "settings": vars(options)}
     if options.selector_data:

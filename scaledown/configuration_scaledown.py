@@ -158,6 +158,12 @@ class ScaleDownConfig(PretrainedConfig):
             ([`ScaleDownSlotSelector`], reading the query and the document) finds most likely to hold the answer: the
             document's own states, kept as they were computed, where pooling would average the answer away. The
             selector learns from answer spans (`slot_selection_loss`); see the README, *Reading the memory*.
+        span_windows (`int`, *optional*, defaults to 1):
+            `"span"` only: the `num_memory_tokens` slots of a document are this many non-overlapping windows of
+            `num_memory_tokens // span_windows` consecutive tokens, chosen greedily by their selector mass and kept in
+            document order. 1: one window of `num_memory_tokens` tokens; `num_memory_tokens`: the single most
+            answer-like tokens. More windows cover more candidate answers of a document (the selector's mass is
+            spread over them) at the cost of their context.
         slot_selector_hidden_size (`int`, *optional*, defaults to 256), slot_selector_layers (`int`, *optional*,
         defaults to 1), slot_selector_heads (`int`, *optional*, defaults to 4):
             Width, depth and attention heads of the span selector's small bidirectional transformer (`"span"` only).
@@ -198,6 +204,7 @@ class ScaleDownConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         memory_injection_layer: int = 0,
         memory_slots: str = "tokens",
+        span_windows: int = 1,
         slot_selector_hidden_size: int = 256,
         slot_selector_layers: int = 1,
         slot_selector_heads: int = 4,
@@ -215,6 +222,7 @@ class ScaleDownConfig(PretrainedConfig):
             ("slot_selector_hidden_size", slot_selector_hidden_size),
             ("slot_selector_layers", slot_selector_layers),
             ("slot_selector_heads", slot_selector_heads),
+            ("span_windows", span_windows),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -257,6 +265,10 @@ class ScaleDownConfig(PretrainedConfig):
             )
         if memory_slots not in MEMORY_SLOTS:
             raise ValueError(f"`memory_slots` must be one of {MEMORY_SLOTS}, got {memory_slots!r}.")
+        if num_memory_tokens % span_windows:
+            raise ValueError(
+                f"`span_windows`={span_windows} must divide `num_memory_tokens`={num_memory_tokens} (equal windows)."
+            )
         if slot_selector_hidden_size % slot_selector_heads:
             raise ValueError(
                 f"`slot_selector_hidden_size`={slot_selector_hidden_size} must be a multiple of "
@@ -299,6 +311,7 @@ class ScaleDownConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.memory_injection_layer = memory_injection_layer
         self.memory_slots = memory_slots
+        self.span_windows = span_windows
         self.slot_selector_hidden_size = slot_selector_hidden_size
         self.slot_selector_layers = slot_selector_layers
         self.slot_selector_heads = slot_selector_heads

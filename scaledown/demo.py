@@ -39,6 +39,13 @@ class DemoSettings:
             "selector is fitted on the training split's answer spans first)."
         },
     )
+    span_windows: int = field(
+        default=1,
+        metadata={
+            "help": "Span slots: windows per document memory, each of `num_memory_tokens / span_windows` consecutive "
+            "tokens (1: one 8-token window; 8: the 8 most answer-like tokens)."
+        },
+    )
     selector_epochs: int = field(default=8, metadata={"help": "Epochs of the span selector's fit (span slots)."})
     selector_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the span selector's fit."})
     selector_questions: int = field(
@@ -245,6 +252,7 @@ def run_demo(settings: DemoSettings) -> dict:
                 settings.memory_injection_layer, "n_layers", settings.num_compressor_layers
             ),
             memory_slots=settings.memory_slots,
+            **({"span_windows": settings.span_windows} if span else {}),
         )
         if settings.device:
             model.to(settings.device)

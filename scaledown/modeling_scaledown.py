@@ -187,21 +187,37 @@ def _document_mask(input_ids: torch.LongTensor, is_memory: torch.Tensor, separat
     return after_separator & (is_memory.long().cumsum(1) == 0)
 
 
-def _span_positions(scores: torch.Tensor, is_document: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `count` consecutive document tokens of every row with the largest total softmax probability under
-    `scores` `(rows, length)` (softmax over the row's document tokens; a document shorter than `count` gives all of
-    its tokens): `(positions, inside)`, both `(rows, count)`, `inside` false where a position lies past the document.
-    Static shapes (cumulative sums and an argmax), so that XLA compiles it once."""
+def _span_positions(
+    scores: torch.Tensor, is_document: torch.Tensor, count: int, windows: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` document tokens of every row, as `windows` non-overlapping runs of `count // windows` consecutive
+    tokens, chosen greedily by their total softmax probability under `scores` `(rows, length)` (softmax over the row's
+    document tokens), in document order: `(positions, inside)`, both `(rows, count)`, `inside` false where a
+    position lies past the document or a window found no room (a document shorter than a window gives all of its
+    tokens as its first window). Static shapes (cumulative sums, `windows` argmaxes and a sort), so that XLA compiles
+    it once."""
     length = scores.shape[1]
+    size = count // windows
     probabilities = torch.softmax(scores.float().masked_fill(~is_document, float("-inf")), dim=-1)
     totals = nn.functional.pad(torch.nan_to_num(probabilities).cumsum(1), (1, 0))  # (rows, length + 1)
     starts = torch.arange(length, device=scores.device)
-    window = totals[:, (starts + count).clamp(max=length)] - totals[:, starts]
+    mass = totals[:, (starts + size).clamp(max=length)] - totals[:, starts]
     index = is_document.long().cumsum(1) - 1  # position within the document
-    valid = is_document & ((index + count <= is_document.sum(1, keepdim=True)) | (index == 0))
-    start = window.masked_fill(~valid, -1.0).argmax(dim=1, keepdim=True)
-    positions = start + torch.arange(count, device=scores.device)
-    inside = torch.gather(is_document, 1, positions.clamp(max=length - 1)) & (positions < length)
+    valid = is_document & ((index + size <= is_document.sum(1, keepdim=True)) | (index == 0))
+    mass = mass.masked_fill(~valid, -1.0)
+    chosen, found = [], []
+    for _ in range(windows):
+        start = mass.argmax(dim=1, keepdim=True)  # the first of equal windows
+        best = torch.gather(mass, 1, start)
+        chosen.append(start)
+        found.append(best >= 0)
+        mass = mass.masked_fill((starts.view(1, -1) - start).abs() < size, -1.0)  # no overlap with this window
+    chosen, found = torch.cat(chosen, 1), torch.cat(found, 1)
+    chosen, order = torch.sort(torch.where(found, chosen, length), dim=1)  # windows that found no room go last
+    found = torch.gather(found, 1, order)
+    positions = (chosen.unsqueeze(-1) + torch.arange(size, device=scores.device)).reshape(-1, count)
+    found = found.repeat_interleave(size, dim=1)
+    inside = torch.gather(is_document, 1, positions.clamp(max=length - 1)) & (positions < length) & found
     return positions.clamp(max=length - 1), inside
 
 
@@ -718,7 +734,9 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
             )
         elif config.memory_slots == "span":
             slot_scores, is_document = self.score_slots(hidden, input_ids, is_memory)
-            positions, inside = _span_positions(slot_scores.detach(), is_document, config.num_memory_tokens)
+            positions, inside = _span_positions(
+                slot_scores.detach(), is_document, config.num_memory_tokens, getattr(config, "span_windows", 1)
+            )
             memory = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             memory = memory * inside.unsqueeze(-1).to(memory.dtype)
         else:

@@ -40,6 +40,8 @@ def compressor_fingerprint(model) -> str:
     digest = hashlib.sha256()
     names = ("query_dependent", "doc_max_length", "num_memory_tokens", "memory_slots", "memory_injection_layer")
     settings = {name: getattr(config, name, None) for name in names}
+    if getattr(config, "span_windows", 1) != 1:  # only where it is set: fingerprints of earlier stores stay valid
+        settings["span_windows"] = config.span_windows
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(("compressor.", "projector.", "slot_scorer.", "slot_selector.")):

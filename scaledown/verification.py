@@ -95,6 +95,7 @@ def verify_folder(folder: str | os.PathLike, checksums: bool = True) -> dict:
         "memory": {
             "injection_layer": config.memory_injection_layer,
             "slots": config.memory_slots,
+            "span_windows": getattr(config, "span_windows", 1),
             "num_memory_tokens": config.num_memory_tokens,
         },
     }

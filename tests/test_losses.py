@@ -235,3 +235,15 @@ def test_reranking_mse_leaves_out_pairs_without_a_target():
     assert scores.grad[1] == 0 and scores.grad[0] != 0
     nothing = reranking_mse(scores, torch.full((3,), float("nan")))
     assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def test_first_needed_logit_is_one_before_the_earliest_label():
+    from scaledown.training.losses import first_needed_logit
+
+    labels = torch.full((3, 9), -100)
+    assert first_needed_logit(labels) == 0  # no label: keep everything
+    labels[0, 6:8] = 5
+    labels[1, 4:6] = 7
+    assert first_needed_logit(labels) == 3
+    labels[2, 0] = 1
+    assert first_needed_logit(labels) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import make_scaledown
 
-from scaledown import ScaleDownForCausalLM
+from scaledown import ScaleDownConfig, ScaleDownForCausalLM
 from scaledown.modeling_scaledown import _span_positions
 from scaledown.training import ScaleDownDataCollator, ScaleDownTrainer, ScaleDownTrainingArguments
 from scaledown.training.collator import answer_token_mask
@@ -51,6 +51,37 @@ def test_span_positions_pick_the_window_with_the_most_probability_inside_the_doc
     scores[0, 9] = 9.0
     positions, inside = _span_positions(scores, is_document[:1], 3)
     assert positions[0].tolist() == [7, 8, 9] and inside.all()
+
+
+def test_span_windows_cover_separate_candidates_in_document_order():
+    # Document = positions 1..14; two peaks (at 12 and 3, the larger first): two 2-token windows take one each, in
+    # document order; one 4-token window can only take one of them.
+    is_document = torch.zeros(2, 16, dtype=torch.bool)
+    is_document[0, 1:15] = True
+    is_document[1, 1:4] = True  # 3 tokens: the first 2-token window fits, the second finds no room
+    scores = torch.zeros(2, 16)
+    scores[0, 12], scores[0, 3] = 6.0, 5.0
+    scores[0, 15] = 50.0  # outside the document
+    positions, inside = _span_positions(scores, is_document, 4, windows=2)
+    assert 3 in positions[0].tolist() and 12 in positions[0].tolist() and inside[0].all()
+    assert positions[0].tolist() == sorted(positions[0].tolist()) and len(set(positions[0].tolist())) == 4
+    assert inside[1].tolist() == [True, True, False, False]
+    one, _ = _span_positions(scores[:1], is_document[:1], 4, windows=1)
+    assert not (3 in one[0].tolist() and 12 in one[0].tolist())
+    # One window per token: the `count` most probable document tokens, in order.
+    scores = torch.zeros(1, 16)
+    scores[0, [2, 5, 9, 13]] = torch.tensor([4.0, 1.0, 3.0, 2.0])
+    positions, inside = _span_positions(scores, is_document[:1], 4, windows=4)
+    assert positions[0].tolist() == [2, 5, 9, 13] and inside.all()
+
+
+def test_span_windows_are_saved_and_checked(tmp_path):
+    model = span_model(span_windows=4)
+    assert model.config.num_memory_tokens % 4 == 0
+    model.save_pretrained(tmp_path)
+    assert ScaleDownForCausalLM.from_pretrained(tmp_path).config.span_windows == 4
+    with pytest.raises(ValueError, match="span_windows"):
+        ScaleDownConfig(memory_slots="span", num_memory_tokens=8, span_windows=3)
 
 
 def test_slot_selection_loss_is_the_answers_negative_log_probability():

@@ -335,6 +335,40 @@ def test_trainer_normalises_by_the_weighted_token_count(tmp_path):
     assert float(num_items) == pytest.approx(float(expected)) and float(expected) < float(plain)
 
 
+def test_the_lm_head_reads_only_the_answer_positions(tmp_path, monkeypatch):
+    """The trainer asks the generator for the logits from the first answer position on (`logits_to_keep`): the head
+    projects far fewer positions, and the loss and its gradients are those of the full logits (auto-encoding rows
+    with their label weights included)."""
+    import scaledown.training.trainer as trainer_module
+    from scaledown.training.losses import first_needed_logit
+
+    model = make_scaledown(enable_reranking=True, lora_dropout=0.0).eval()
+    args = arguments(tmp_path, autoencoding_mix=0.5, autoencoding_loss_weight=0.2)
+    trainer = ScaleDownTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()))
+    batch = trainer.data_collator(rows(8)[:4])
+    assert "label_weights" in batch
+    head_lengths = []
+    hook = model.generator.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: head_lengths.append(args[0].shape[1])
+    )
+    results = []
+    for keep in (True, False):
+        monkeypatch.setattr(trainer_module, "_keeps_logits", lambda model, labels, keep=keep: keep)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=None)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    hook.remove()
+    length = batch["labels"].shape[1]
+    assert head_lengths == [length - first_needed_logit(batch["labels"]), length] and head_lengths[0] < length
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        reference = results[1][1][name]  # float noise only: relative to the gradient's scale
+        assert (grad - reference).abs().max() <= 1e-5 * max(1.0, float(reference.abs().max())), name
+
+
 def test_gradient_checkpointing_and_evaluation(tmp_path):
     model = make_scaledown(enable_reranking=True)
     args = arguments(tmp_path, max_steps=2, gradient_checkpointing=True, eval_strategy="steps", eval_steps=2)

@@ -28,6 +28,17 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return logits[:, :-1, :], labels[:, 1:]
 
 
+def first_needed_logit(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
+    """The first position whose logits the next-token cross-entropy on `labels` `(batch_size, seq_len)` reads: one
+    before the earliest label token of any row (0 when there is none). Positions before it only feed the LM head for
+    nothing: `logits_to_keep=seq_len - start` and `labels[:, start:]` give the same loss (the prompt of a compressed
+    row is ~100 tokens, its answer ~5, and the head projects onto the whole vocabulary)."""
+    has_label = labels.ne(ignore_index).any(dim=0)
+    if not bool(has_label.any()):
+        return 0
+    return max(int(has_label.int().argmax()) - 1, 0)
+
+
 def answer_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -57,6 +57,13 @@ class ModelArguments:
             "answer-like; fitted before training, see `selector_epochs`)."
         },
     )
+    span_windows: int = field(
+        default=1,
+        metadata={
+            "help": "Span slots: each document's memory is this many windows of `num_memory_tokens / span_windows` "
+            "consecutive tokens (1: one window; `num_memory_tokens`: the most answer-like single tokens)."
+        },
+    )
     use_lora: bool = field(default=True, metadata={"help": "LoRA on the generator (else the generator is frozen)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (`lora_config['r']`)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (`lora_config['lora_alpha']`)."})
@@ -205,6 +212,7 @@ def build_model(model_args: ModelArguments):
             model_args.memory_injection_layer, model_args.compressor_type, model_args.num_compressor_layers
         ),
         "memory_slots": model_args.memory_slots,
+        "span_windows": model_args.span_windows,
         "use_lora": model_args.use_lora,
         "lora_config": {
             "r": model_args.lora_r,

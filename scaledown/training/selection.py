@@ -73,8 +73,10 @@ def _collate(items: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return hidden, ids, answer
 
 
-def _window_hits(scores: torch.Tensor, is_document: torch.Tensor, answer: torch.Tensor, count: int) -> torch.Tensor:
-    positions, inside = _span_positions(scores, is_document, count)
+def _window_hits(
+    scores: torch.Tensor, is_document: torch.Tensor, answer: torch.Tensor, count: int, windows: int = 1
+) -> torch.Tensor:
+    positions, inside = _span_positions(scores, is_document, count, windows)
     return ((torch.gather(answer, 1, positions) > 0) & inside).any(dim=1).float()
 
 
@@ -113,7 +115,7 @@ def train_slot_selector(
     selector = model.slot_selector
     device = selector.input_proj.weight.device
     pad_id = model.compressor_tokenizer.pad_token_id or 0
-    count = model.config.num_memory_tokens
+    count, windows = model.config.num_memory_tokens, getattr(model.config, "span_windows", 1)
 
     def hit_rate() -> float | None:
         if not validation:
@@ -124,7 +126,7 @@ def train_slot_selector(
             for start in range(0, len(validation), 64):
                 hidden, ids, answer = _collate(validation[start : start + 64], pad_id)
                 scores, is_document = model.score_slots(hidden.to(device), ids.to(device))
-                hits.append(_window_hits(scores, is_document, answer.to(device), count))
+                hits.append(_window_hits(scores, is_document, answer.to(device), count, windows))
         return round(float(torch.cat(hits).mean()), 4)
 
     before = hit_rate()

@@ -1,5 +1,6 @@
 """`ScaleDownTrainer`: `transformers.Trainer` with OSCAR's distillation loss and per-module learning rates."""
 
+import inspect
 import json
 import os
 import re
@@ -12,7 +13,13 @@ from transformers.utils import logging
 
 from .arguments import ScaleDownTrainingArguments
 from .collator import ScaleDownDataCollator
-from .losses import aligned_suffix_positions, distillation_loss, gather_positions, weighted_label_count
+from .losses import (
+    aligned_suffix_positions,
+    distillation_loss,
+    first_needed_logit,
+    gather_positions,
+    weighted_label_count,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -45,6 +52,16 @@ def unwrap(model):
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+def _keeps_logits(model, labels: torch.Tensor) -> bool:
+    """Whether the generator's forward takes `logits_to_keep` (transformers' causal LMs since 4.50) and the batch
+    may change shape with it (not under XLA, where a new number of kept positions would compile a new graph)."""
+    if labels.device.type == "xla":
+        return False
+    generator = getattr(unwrap(model), "generator", None)
+    base = generator.get_base_model() if hasattr(generator, "get_base_model") else generator
+    return base is not None and "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 
 def default_compressor_learning_rate(compressor_type: str) -> float:
@@ -233,6 +250,13 @@ class DistillationTrainerMixin:
         hidden_weight = getattr(self.args, "hidden_distillation_weight", 0.0)
         online_teacher = "teacher_input_ids" in inputs and (kl_weight > 0 or hidden_weight > 0)
         model_kwargs = {"output_hidden_states": True} if online_teacher and hidden_weight > 0 else {}
+        label_weights = inputs.get("label_weights")
+        if not online_teacher and (teacher_logits is None or kl_weight == 0) and _keeps_logits(model, labels):
+            # The cross-entropy reads the logits of the answer positions only: skip the LM head on the prompt (exact).
+            start = first_needed_logit(labels)
+            model_kwargs["logits_to_keep"] = labels.shape[1] - start
+            labels = labels[:, start:]
+            label_weights = label_weights[:, start:] if label_weights is not None else None
         outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS if k in inputs}, **model_kwargs)
         config = unwrap(model).config
         positions, student_hidden, teacher_hidden = None, None, None
@@ -275,7 +299,7 @@ class DistillationTrainerMixin:
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
             hidden_weight=hidden_weight,
-            label_weights=inputs.get("label_weights"),
+            label_weights=label_weights,
             slot_scores=getattr(outputs, "slot_scores", None),
             slot_answer_mask=inputs.get("slot_answer_mask"),
             slot_selection_weight=getattr(self.args, "slot_selection_loss_weight", 1.0),
