@@ -23,7 +23,7 @@ from scaledown.training.collator import answer_token_mask
 
 
 @torch.no_grad()
-def coverage(model, rows, documents: int) -> list[dict]:
+def coverage(model, rows, documents: int, compare: tuple[int, ...] = ()) -> list[dict]:
     config, tokenizer = model.config, model.compressor_tokenizer
     memory_ids = torch.tensor(config.compressor_memory_token_ids)
     out = []
@@ -43,7 +43,15 @@ def coverage(model, rows, documents: int) -> list[dict]:
             bool(mask) and bool(any(p in set(mask) for p, ok in zip(pos.tolist(), ins.tolist()) if ok))
             for mask, pos, ins in zip(masks, positions, inside)
         ]
-        out.append({"id": row.get("id"), "holds": holds, "hits": hits})
+        item = {"id": row.get("id"), "holds": holds, "hits": hits, "windows": {}}
+        for windows in compare:  # the same scores, the memory cut into other windows: any / every answer token kept
+            positions, inside = _span_positions(scores, is_document, config.num_memory_tokens, windows)
+            kept = [{p for p, ok in zip(pos.tolist(), ins.tolist()) if ok} for pos, ins in zip(positions, inside)]
+            item["windows"][windows] = {
+                "any": [bool(mask) and bool(set(mask) & chosen) for mask, chosen in zip(masks, kept)],
+                "all": [bool(mask) and set(mask) <= chosen for mask, chosen in zip(masks, kept)],
+            }
+        out.append(item)
     return out
 
 
@@ -55,6 +63,9 @@ def main():
     parser.add_argument("--documents", type=int, default=10)
     parser.add_argument("--split", default="test")
     parser.add_argument("--output")
+    parser.add_argument(
+        "--compare-windows", default="", help="Also count hits with these `span_windows`, e.g. 1,2,4,8 (same scores)."
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = ScaleDownForCausalLM.from_pretrained(args.model).eval()
@@ -62,7 +73,8 @@ def main():
     records = json.load(open(args.evaluation))["records"] if args.evaluation else [{} for _ in rows]
     if len(records) != len(rows):
         raise SystemExit(f"{len(records)} evaluation records for {len(rows)} rows: not the same questions.")
-    result = coverage(model, rows, args.documents)
+    compare = tuple(int(w) for w in args.compare_windows.split(",") if w)
+    result = coverage(model, rows, args.documents, compare)
     groups = {"no document holds it": [], "a document holds it, no window": [], "a window holds it": []}
     for item, record in zip(result, records):
         item["compressed_match"] = record.get("compressed_match")
@@ -82,6 +94,15 @@ def main():
         "top1_window_holds": sum(i["hits"][0] for i in result if i["hits"]) / len(result),
         "window_hit_rate_where_document_holds": sum(sum(i["hits"]) for i in result)
         / max(1, sum(sum(i["holds"]) for i in result)),
+        "by_windows": {
+            windows: {
+                "documents_holding_an_answer": sum(sum(i["holds"]) for i in result),
+                "documents_any_answer_token_kept": sum(sum(i["windows"][windows]["any"]) for i in result),
+                "documents_every_answer_token_kept": sum(sum(i["windows"][windows]["all"]) for i in result),
+                "questions_any_answer_token_kept": sum(any(i["windows"][windows]["any"]) for i in result),
+            }
+            for windows in compare
+        },
         "groups": {
             name: {
                 "questions": len(items),
