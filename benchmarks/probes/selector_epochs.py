@@ -2,6 +2,7 @@
 data (`outputs/demo/data`, written by `scaledown demo`), seed 0, one fresh model per setting.
 
     python benchmarks/probes/selector_epochs.py 8:1e-3 16:1e-3 8:3e-3 [--output docs/results/span-selector-epochs.json]
+    python benchmarks/probes/selector_epochs.py 8:1e-3 --output /tmp/sel8.json --save outputs/probe/sel8
 """
 
 import argparse
@@ -21,6 +22,7 @@ def main():
     parser.add_argument("settings", nargs="+", help="epochs:learning_rate, e.g. 8:1e-3")
     parser.add_argument("--data", default="outputs/demo/data")
     parser.add_argument("--output", default="docs/results/span-selector-epochs.json")
+    parser.add_argument("--save", default=None, help="Save the last setting's model here.")
     args = parser.parse_args()
     results = {}
     for setting in args.settings:
@@ -37,6 +39,8 @@ def main():
         record["seconds"] = round(time.perf_counter() - began, 1)
         results[setting] = record
         print(json.dumps({setting: {k: record[k] for k in ("window_hit_rate", "seconds")}}), flush=True)
+    if args.save:
+        model.save_pretrained(args.save)
     with open(args.output, "w") as handle:
         json.dump({"command": "python benchmarks/probes/selector_epochs.py " + " ".join(args.settings),
                    "data": args.data, "results": results}, handle, indent=2)  # fmt: skip
