@@ -338,7 +338,7 @@ def test_trainer_normalises_by_the_weighted_token_count(tmp_path):
 def test_the_lm_head_reads_only_the_answer_positions(tmp_path, monkeypatch):
     """The trainer asks the generator for the logits from the first answer position on (`logits_to_keep`): the head
     projects far fewer positions, and the loss and its gradients are those of the full logits (auto-encoding rows
-    with their label weights included)."""
+    with their label weights included). A caller of the outputs still gets every position's logits."""
     import scaledown.training.trainer as trainer_module
     from scaledown.training.losses import first_needed_logit
 
@@ -359,9 +359,12 @@ def test_the_lm_head_reads_only_the_answer_positions(tmp_path, monkeypatch):
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))
+    monkeypatch.setattr(trainer_module, "_keeps_logits", lambda model, labels: True)
+    _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)  # as `prediction_step` asks
     hook.remove()
     length = batch["labels"].shape[1]
-    assert head_lengths == [length - first_needed_logit(batch["labels"]), length] and head_lengths[0] < length
+    assert outputs.logits.shape[1] == length
+    assert head_lengths == [length - first_needed_logit(batch["labels"]), length, length] and head_lengths[0] < length
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name, grad in results[0][1].items():

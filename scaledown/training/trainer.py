@@ -251,7 +251,12 @@ class DistillationTrainerMixin:
         online_teacher = "teacher_input_ids" in inputs and (kl_weight > 0 or hidden_weight > 0)
         model_kwargs = {"output_hidden_states": True} if online_teacher and hidden_weight > 0 else {}
         label_weights = inputs.get("label_weights")
-        if not online_teacher and (teacher_logits is None or kl_weight == 0) and _keeps_logits(model, labels):
+        if (
+            not return_outputs  # a caller of the outputs (`prediction_step`) gets the logits of every position
+            and not online_teacher
+            and (teacher_logits is None or kl_weight == 0)
+            and _keeps_logits(model, labels)
+        ):
             # The cross-entropy reads the logits of the answer positions only: skip the LM head on the prompt (exact).
             start = first_needed_logit(labels)
             model_kwargs["logits_to_keep"] = labels.shape[1] - start
