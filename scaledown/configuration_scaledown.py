@@ -128,6 +128,11 @@ class ScaleDownConfig(PretrainedConfig):
             Add a `<RR>` token to every compressor input and a dense head on its hidden state that scores relevance.
             Training policy (learning rates, loss weights) is not part of the model: see
             `ScaleDownTrainingArguments`. Folders saved by earlier versions that stored it still load.
+        rerank_head_norm (`bool`, *optional*, defaults to `True`):
+            The relevance head normalises the `<RR>` state (a LayerNorm) before its linear score
+            ([`ScaleDownRerankHead`]). The compressor's states carry a few massive dimensions (norm ~110 at
+            SmolLM2's layer 5): a bare linear readout of them (`False`, OSCAR's head) starts ~11 off the teacher's
+            scores and its gradient dominates the clipped total. Folders saved before this option load with `False`.
         memory_token (`str`, *optional*, defaults to `"<MEM>"`):
             Placeholder of the generator prompt whose embeddings are overwritten by compressed vectors.
         compressor_memory_token_template (`str`, *optional*, defaults to `"<MEM_{}>"`):
@@ -192,6 +197,7 @@ class ScaleDownConfig(PretrainedConfig):
         lora_config: dict | None = None,
         merge_adapters_for_inference: bool = True,
         enable_reranking: bool = False,
+        rerank_head_norm: bool = True,
         memory_token: str = "<MEM>",
         compressor_memory_token_template: str = "<MEM_{}>",
         rerank_token: str = "<RR>",
@@ -244,6 +250,8 @@ class ScaleDownConfig(PretrainedConfig):
                 "`enable_reranking` needs `query_dependent=True`: relevance is scored from the query read with the "
                 "document, which an offline (query-independent) compressor never sees."
             )
+        if not isinstance(rerank_head_norm, bool):
+            raise ValueError(f"`rerank_head_norm` must be a bool, got {rerank_head_norm!r}.")
         if not isinstance(initializer_range, (int, float)) or initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be a positive number, got {initializer_range!r}.")
         if "{}" not in compressor_memory_token_template:
@@ -299,6 +307,7 @@ class ScaleDownConfig(PretrainedConfig):
         self.lora_config = lora_config
         self.merge_adapters_for_inference = merge_adapters_for_inference
         self.enable_reranking = enable_reranking
+        self.rerank_head_norm = rerank_head_norm
         self.memory_token = memory_token
         self.compressor_memory_token_template = compressor_memory_token_template
         self.rerank_token = rerank_token
@@ -414,6 +423,14 @@ class ScaleDownConfig(PretrainedConfig):
             )
         return config_dict, kwargs
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "ScaleDownConfig":
+        """As `PretrainedConfig.from_dict`; a saved configuration (it names its `model_type`) written before
+        `rerank_head_norm` existed keeps the bare linear relevance head its weights were trained with."""
+        if "model_type" in config_dict and "rerank_head_norm" not in config_dict and "rerank_head_norm" not in kwargs:
+            config_dict = {**config_dict, "rerank_head_norm": False}
+        return super().from_dict(config_dict, **kwargs)
+
     def get_generator_config(self) -> PretrainedConfig:
         """The generator's configuration (the sub-configuration itself: the model's generator shares it)."""
         if self.generator_config is None:
@@ -453,6 +470,7 @@ class ScaleDownConfig(PretrainedConfig):
         for name, value in held.items():
             if value is not None:
                 output[name] = _config_dict(value)
+        output["rerank_head_norm"] = self.rerank_head_norm  # always written: its absence means an earlier version
         return output
 
     def get_compressor_config(self) -> PretrainedConfig:

@@ -314,6 +314,22 @@ class ScaleDownSlotScorer(nn.Linear):
     softmax(score)-weighted mean of its document chunk. Zero-initialised, so training starts from the plain means."""
 
 
+class ScaleDownRerankHead(nn.Module):
+    """Relevance score of a (query, document) pair from the compressor's hidden state at its `<RR>` token: a
+    LayerNorm, then a linear score (`config.rerank_head_norm`). The compressor's states carry a few massive dimensions
+    (norm ~110 at SmolLM2's layer 5): read bare, the score starts ~11 off the teacher's and its gradient is ~7 times
+    that of this head, most of the clipped total (README, *The relevance head*)."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_features)
+        self.score = nn.Linear(in_features, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., in_features)` -> `(..., 1)`."""
+        return self.score(self.norm(hidden_states))
+
+
 class ScaleDownSelectorLayer(nn.Module):
     """One pre-norm bidirectional transformer layer of [`ScaleDownSlotSelector`] (SDPA attention, GELU MLP of twice
     the width, dropout 0.1 on both residual branches)."""
@@ -446,7 +462,10 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
                 generator_width,
                 config.projector_hidden_act,
             )
-        self.rerank_head = nn.Linear(compressor_width, 1) if config.enable_reranking else None
+        self.rerank_head = None
+        if config.enable_reranking:  # a bare linear score in folders saved before `rerank_head_norm` (OSCAR's)
+            rerank_norm = getattr(config, "rerank_head_norm", False)
+            self.rerank_head = ScaleDownRerankHead(compressor_width) if rerank_norm else nn.Linear(compressor_width, 1)
         self.slot_scorer = (
             ScaleDownSlotScorer(compressor_width, 1) if config.memory_slots == "chunk_attention" else None
         )

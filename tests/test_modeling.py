@@ -1,5 +1,6 @@
 import ast
 import copy
+import json
 import pathlib
 import sys
 
@@ -13,6 +14,7 @@ import scaledown.modeling_scaledown as modeling
 from scaledown import (
     CompressedDocuments,
     ScaleDownCausalLMOutput,
+    ScaleDownConfig,
     ScaleDownForCausalLM,
     build_compressor_inputs,
     build_generator_inputs,
@@ -1069,3 +1071,22 @@ def test_from_generator_in_bfloat16_builds_every_head_in_the_compressors_dtype(r
     assert compressed[0].dtype == torch.bfloat16 and compressed.rerank_scores[0].dtype == torch.bfloat16
     assert len(wrapped.generate_from_compressed(rag_batch[0], compressed, max_new_tokens=2)) == 3
     assert model.dtype == torch.float32  # the default build is untouched
+
+
+def test_relevance_head_reads_the_normalised_rr_state(tmp_path):
+    from scaledown.modeling_scaledown import ScaleDownRerankHead
+
+    model = make_scaledown(enable_reranking=True)
+    head = model.rerank_head
+    assert isinstance(head, ScaleDownRerankHead) and model.config.rerank_head_norm
+    state = torch.randn(3, head.norm.normalized_shape[0])
+    # The compressor's states carry massive dimensions: scaling a state does not move its score (a bare linear would).
+    torch.testing.assert_close(head(100.0 * state), head(state), rtol=1e-4, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["rerank_head_norm"] is True
+    reloaded = ScaleDownForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.rerank_head(state), head(state))
+    # A folder saved before the option existed keeps OSCAR's bare linear head (the weights it holds).
+    legacy = ScaleDownConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "rerank_head_norm"})
+    assert legacy.rerank_head_norm is False and ScaleDownConfig().rerank_head_norm is True
+    assert isinstance(ScaleDownForCausalLM(legacy).rerank_head, torch.nn.Linear)

@@ -7,18 +7,14 @@ same batches, the two settings interleaved, medians; the loss of each pair is pr
 """
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 from datasets import load_from_disk
-from transformers import set_seed
+from demo_setup import demo_model, demo_trainer, report
 
 import scaledown.training.trainer as trainer_module
-from scaledown import ScaleDownForCausalLM
-from scaledown.offline_weights import smollm2_path
-from scaledown.training import ScaleDownTrainer, ScaleDownTrainingArguments
 
 
 def main():
@@ -27,20 +23,9 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    set_seed(0)
-    model = ScaleDownForCausalLM.from_generator(
-        str(smollm2_path()), num_compressor_layers=5, enable_reranking=True, memory_injection_layer=5,
-        memory_slots="span",
-    )  # fmt: skip
-    training = ScaleDownTrainingArguments(
-        output_dir="outputs/probe-answer-logits", per_device_train_batch_size=4, use_cpu=True, save_strategy="no",
-        num_train_documents=5, answer_field="gold_answers", answer_document_first=True, freeze_compressor=True,
-        autoencoding_mix=0.0, max_steps=args.steps, report_to=[],
-    )  # fmt: skip
+    model = demo_model()
     rows = load_from_disk(args.data)["train"]
-    trainer = ScaleDownTrainer(model=model, args=training, train_dataset=rows)
-    trainer.create_optimizer()
-    model.train()
+    trainer = demo_trainer(model, rows, "outputs/probe-answer-logits", args.steps)
     keeps = trainer_module._keeps_logits
     times = {"answer positions": [], "every position": []}
     losses = []
@@ -68,10 +53,7 @@ def main():
         "losses (first setting, second setting)": losses,
         "threads": torch.get_num_threads(),
     }
-    print(json.dumps(result, indent=1))
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump({"command": vars(args), **result}, handle, indent=1)
+    report(result, args)
 
 
 if __name__ == "__main__":
