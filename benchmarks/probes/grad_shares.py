@@ -3,7 +3,8 @@ the gradient norm of the demo's first question-answering batches before clipping
 relevance scores against the teacher's. `max_grad_norm` (1.0) clips the *total*: a side that dominates the total
 shrinks every other side's step.
 
-    python benchmarks/probes/grad_shares.py [--data outputs/demo/data-labelled] [--steps 4] [--rerank-head-norm]
+    python benchmarks/probes/grad_shares.py [--data outputs/demo/data-labelled] [--steps 4] \
+        [--config '{"rerank_head_norm": false}']
 """
 
 import argparse

@@ -14,6 +14,7 @@ from datasets import load_from_disk
 from demo_setup import demo_model, report
 from transformers import AutoModel, AutoTokenizer, set_seed
 
+from scaledown.evaluation.text import mean, spearman
 from scaledown.modeling_scaledown import ScaleDownRerankHead
 from scaledown.offline_weights import minilm_path
 from scaledown.processing_scaledown import build_compressor_inputs
@@ -90,17 +91,12 @@ def main():
             result["settings"][setting] = {
                 "test_mse": round((scores - test_y).pow(2).mean().item(), 3),
                 "top_document_holds_answer": top1(scores),
-                "spearman_with_teacher": round(_spearman(scores, test_y), 3),
+                "spearman_with_teacher": round(
+                    mean([spearman(p, r) for p, r in zip(scores.tolist(), test_y.tolist())]), 3
+                ),
             }
         print(setting, result["settings"][setting], flush=True)
     report(result, args)
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over questions of the rank correlation of two `(questions, documents)` score tables."""
-    ranks_a, ranks_b = a.argsort(1).argsort(1).float(), b.argsort(1).argsort(1).float()
-    ranks_a, ranks_b = ranks_a - ranks_a.mean(1, keepdim=True), ranks_b - ranks_b.mean(1, keepdim=True)
-    return ((ranks_a * ranks_b).sum(1) / (ranks_a.norm(dim=1) * ranks_b.norm(dim=1)).clamp(min=1e-9)).mean().item()
 
 
 if __name__ == "__main__":
