@@ -172,6 +172,15 @@ class ScaleDownConfig(PretrainedConfig):
         slot_selector_hidden_size (`int`, *optional*, defaults to 256), slot_selector_layers (`int`, *optional*,
         defaults to 1), slot_selector_heads (`int`, *optional*, defaults to 4):
             Width, depth and attention heads of the span selector's small bidirectional transformer (`"span"` only).
+        span_lexical_weight (`float`, *optional*, defaults to 1.0):
+            `"span"` only: the selector's scores become its log-probabilities plus this weight times a
+            parameter-free prior, high near the document's informative tokens that also occur in the query and low on
+            those tokens themselves ([`~modeling_scaledown.lexical_prior`]); the selector learns a correction to it.
+            On the demo's held-out answer spans, a 4-epoch selector with the prior finds the answer's window in 0.46
+            of the documents against 0.25 for a 16-epoch selector alone (README, *A lexical prior for the span
+            selector*). `0` turns it off; folders saved before this option load with `0`.
+        span_lexical_width (`float`, *optional*, defaults to 12.0):
+            The prior's decay length, in tokens.
     """
 
     model_type = "scaledown"
@@ -214,6 +223,8 @@ class ScaleDownConfig(PretrainedConfig):
         slot_selector_hidden_size: int = 256,
         slot_selector_layers: int = 1,
         slot_selector_heads: int = 4,
+        span_lexical_weight: float = 1.0,
+        span_lexical_width: float = 12.0,
         **kwargs,
     ):
         if compressor_type not in COMPRESSOR_TYPES:
@@ -282,6 +293,13 @@ class ScaleDownConfig(PretrainedConfig):
                 f"`slot_selector_hidden_size`={slot_selector_hidden_size} must be a multiple of "
                 f"`slot_selector_heads`={slot_selector_heads}."
             )
+        for name, value, positive in (
+            ("span_lexical_weight", span_lexical_weight, False),
+            ("span_lexical_width", span_lexical_width, True),
+        ):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (positive and value == 0):
+                raise ValueError(f"`{name}` must be a number {'>' if positive else '>='} 0, got {value!r}.")
         if not isinstance(memory_injection_layer, int) or isinstance(memory_injection_layer, bool):
             raise ValueError(f"`memory_injection_layer` must be an integer, got {memory_injection_layer!r}.")
         if memory_injection_layer < 0:
@@ -324,6 +342,8 @@ class ScaleDownConfig(PretrainedConfig):
         self.slot_selector_hidden_size = slot_selector_hidden_size
         self.slot_selector_layers = slot_selector_layers
         self.slot_selector_heads = slot_selector_heads
+        self.span_lexical_weight = float(span_lexical_weight)
+        self.span_lexical_width = float(span_lexical_width)
         if self.compressor_config is None and compressor_type == "n_layers" and self.generator_config is not None:
             self.compressor_config = self._first_layers_config()  # what the compressor is built from
         layers = getattr(self.generator_config, "num_hidden_layers", None)
@@ -426,9 +446,12 @@ class ScaleDownConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "ScaleDownConfig":
         """As `PretrainedConfig.from_dict`; a saved configuration (it names its `model_type`) written before
-        `rerank_head_norm` existed keeps the bare linear relevance head its weights were trained with."""
-        if "model_type" in config_dict and "rerank_head_norm" not in config_dict and "rerank_head_norm" not in kwargs:
-            config_dict = {**config_dict, "rerank_head_norm": False}
+        `rerank_head_norm` existed keeps the bare linear relevance head its weights were trained with, and one written
+        before `span_lexical_weight` its span selector without the lexical prior."""
+        if "model_type" in config_dict:
+            for name, earlier in (("rerank_head_norm", False), ("span_lexical_weight", 0.0)):
+                if name not in config_dict and name not in kwargs:
+                    config_dict = {**config_dict, name: earlier}
         return super().from_dict(config_dict, **kwargs)
 
     def get_generator_config(self) -> PretrainedConfig:
@@ -470,7 +493,9 @@ class ScaleDownConfig(PretrainedConfig):
         for name, value in held.items():
             if value is not None:
                 output[name] = _config_dict(value)
-        output["rerank_head_norm"] = self.rerank_head_norm  # always written: its absence means an earlier version
+        # always written: their absence means an earlier version
+        output["rerank_head_norm"] = self.rerank_head_norm
+        output["span_lexical_weight"] = self.span_lexical_weight
         return output
 
     def get_compressor_config(self) -> PretrainedConfig:

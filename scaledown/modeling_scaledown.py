@@ -389,6 +389,65 @@ class ScaleDownSlotSelector(nn.Module):
         return self.score(hidden_states).squeeze(-1).float()
 
 
+def lexical_prior(
+    input_ids: torch.LongTensor,
+    is_document: torch.Tensor,
+    is_query: torch.Tensor,
+    informative: torch.Tensor,
+    width: float,
+    penalty: float = 4.0,
+) -> torch.Tensor:
+    """A parameter-free prior on where a document's answer lies (the span selector's, `span_lexical_weight`): for
+    every document token, the sum over the document's informative tokens that also occur in the query of
+    `exp(-distance / width)`, minus `penalty` where the token itself occurs in the query (an answer seldom repeats the
+    question's words). `-inf` outside the document. Static shapes: one `(rows, length, length)` comparison.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(rows, length)`): compressor ids.
+        is_document (`torch.Tensor` of shape `(rows, length)`, bool): the document tokens.
+        is_query (`torch.Tensor` of shape `(rows, length)`, bool): the query tokens.
+        informative (`torch.Tensor` of shape `(vocab_size,)`, bool): the ids that count (see
+            [`ScaleDownLexicalPrior.set_vocabulary`]).
+        width (`float`): the decay length, in tokens.
+        penalty (`float`): subtracted at document tokens that occur in the query.
+    """
+    matches = (input_ids.unsqueeze(-1) == input_ids.unsqueeze(1)) & is_query.unsqueeze(1)  # (rows, doc pos, any pos)
+    in_query = matches.any(-1) & is_document & informative.to(input_ids.device)[input_ids]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.float)
+    decay = torch.exp(-(positions.view(-1, 1) - positions.view(1, -1)).abs() / width)  # (length, length)
+    score = in_query.float() @ decay - penalty * in_query.float()  # decay is symmetric
+    return score.masked_fill(~is_document, float("-inf"))
+
+
+class ScaleDownLexicalPrior(nn.Module):
+    """Holds which compressor token ids are informative for [`lexical_prior`] (a buffer saved with the weights: the
+    decoded token has at least 4 letters or digits, so that "the" or "of" never count) and its decay length.
+
+    Args:
+        vocab_size (`int`): the compressor's vocabulary size.
+        width (`float`): `config.span_lexical_width`.
+    """
+
+    def __init__(self, vocab_size: int, width: float):
+        super().__init__()
+        self.width = width
+        self.register_buffer("informative", torch.ones(vocab_size, dtype=torch.bool))
+
+    @torch.no_grad()
+    def set_vocabulary(self, tokenizer) -> None:
+        """Mark the informative ids of `tokenizer` (the compressor's); special and added tokens never are."""
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+        flags = [
+            index not in special and sum(c.isalnum() for c in tokenizer.decode([index])) >= 4
+            for index in range(self.informative.shape[0])
+        ]
+        self.informative.copy_(torch.tensor(flags, dtype=torch.bool))
+
+    def forward(self, input_ids: torch.LongTensor, is_document: torch.Tensor, is_query: torch.Tensor) -> torch.Tensor:
+        """`(rows, length)` prior scores (see [`lexical_prior`])."""
+        return lexical_prior(input_ids, is_document, is_query, self.informative, self.width)
+
+
 class ScaleDownPreTrainedModel(PreTrainedModel):
     config_class = ScaleDownConfig
     base_model_prefix = "scaledown"
@@ -477,6 +536,10 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
             if config.memory_slots == "span"
             else None
         )  # fmt: skip
+        self.lexical_prior = None
+        if config.memory_slots == "span" and config.span_lexical_weight > 0:
+            vocab_size = compressor.get_input_embeddings().weight.shape[0]
+            self.lexical_prior = ScaleDownLexicalPrior(vocab_size, config.span_lexical_width)
         # The heads read the compressor's states: same dtype (a generator and compressor loaded in bfloat16 by
         # `from_generator` while the default dtype is float32 must not leave them in float32).
         compressor_dtype = next(compressor.parameters()).dtype
@@ -607,6 +670,8 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         model = cls(config, generator=generator, compressor=compressor)
         model.tokenizer = tokenizer
         model.compressor_tokenizer = compressor_tokenizer
+        if model.lexical_prior is not None:
+            model.lexical_prior.set_vocabulary(compressor_tokenizer)
         model._setup_generation_config()
         return model.eval()
 
@@ -786,7 +851,12 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         is_document = _document_mask(input_ids, is_memory, self.config.document_separator_token_id)
         readable = is_memory.long().cumsum(1) == 0
         scores = self.slot_selector(hidden.to(self.slot_selector.input_proj.weight.dtype), readable)
-        return scores.masked_fill(~is_document, float("-inf")), is_document
+        scores = scores.masked_fill(~is_document, float("-inf"))
+        if self.lexical_prior is not None:  # the selector learns a correction to the prior
+            scores = torch.log_softmax(scores, dim=-1) + self.config.span_lexical_weight * self.lexical_prior(
+                input_ids, is_document, readable & ~is_document
+            )
+        return scores, is_document
 
     def _compress_after_prefix(self, prefix: list[int], suffixes: list[list[int]], length: int, device):
         """Decoder compressors: encode the query prefix once, then every document suffix on top of its cached

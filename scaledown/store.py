@@ -35,16 +35,18 @@ def document_id(text: str) -> str:
 
 def compressor_fingerprint(model) -> str:
     """SHA-256 over what produces a document's vectors offline: the compressor-side weights (compressor, projector,
-    slot scorer, in float32) and the memory settings of the configuration."""
+    slot scorer and selector, lexical prior, in float32) and the memory settings of the configuration."""
     config = model.config
     digest = hashlib.sha256()
     names = ("query_dependent", "doc_max_length", "num_memory_tokens", "memory_slots", "memory_injection_layer")
     settings = {name: getattr(config, name, None) for name in names}
     if getattr(config, "span_windows", 1) != 1:  # only where it is set: fingerprints of earlier stores stay valid
         settings["span_windows"] = config.span_windows
+    if getattr(config, "memory_slots", None) == "span" and getattr(config, "span_lexical_weight", 0):
+        settings["span_lexical"] = [config.span_lexical_weight, config.span_lexical_width]
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(("compressor.", "projector.", "slot_scorer.", "slot_selector.")):
+        if name.startswith(("compressor.", "projector.", "slot_scorer.", "slot_selector.", "lexical_prior.")):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

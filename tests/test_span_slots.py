@@ -8,10 +8,10 @@ import torch
 from tiny_models import make_scaledown
 
 from scaledown import ScaleDownConfig, ScaleDownForCausalLM
-from scaledown.modeling_scaledown import _span_positions
+from scaledown.modeling_scaledown import _span_positions, lexical_prior
 from scaledown.training import ScaleDownDataCollator, ScaleDownTrainer, ScaleDownTrainingArguments
 from scaledown.training.collator import answer_token_mask
-from scaledown.training.losses import distillation_loss, slot_selection_loss
+from scaledown.training.losses import distillation_loss, slot_selection_loss, span_window_loss
 from scaledown.training.selection import selector_pairs, train_slot_selector
 
 
@@ -82,6 +82,95 @@ def test_span_windows_are_saved_and_checked(tmp_path):
     assert ScaleDownForCausalLM.from_pretrained(tmp_path).config.span_windows == 4
     with pytest.raises(ValueError, match="span_windows"):
         ScaleDownConfig(memory_slots="span", num_memory_tokens=8, span_windows=3)
+
+
+def test_lexical_prior_peaks_next_to_the_query_words_not_on_them():
+    # [start=1][query 5 6][<DOC>=2][document 7 5 8 9 9 6 4][<MEM>=3]; 6 is not informative (a short word)
+    ids = torch.tensor([[1, 5, 6, 2, 7, 5, 8, 9, 9, 6, 4, 3]])
+    is_document = torch.zeros_like(ids, dtype=torch.bool)
+    is_document[0, 4:11] = True
+    is_query = torch.zeros_like(is_document)
+    is_query[0, 1:4] = True
+    informative = torch.ones(10, dtype=torch.bool)
+    informative[6] = False
+    prior = lexical_prior(ids, is_document, is_query, informative, width=2.0, penalty=4.0)
+    decay = [math.exp(-abs(t - 5) / 2.0) for t in range(12)]  # the one informative match sits at position 5
+    expected = [decay[t] - (4.0 if t == 5 else 0.0) if 4 <= t < 11 else float("-inf") for t in range(12)]
+    torch.testing.assert_close(prior[0], torch.tensor(expected))
+    assert prior[0, 4] == prior[0, 6] > prior[0, 7] and prior[0, 5] < 0  # near the match, not on it
+    informative[6] = True  # now the second match (positions 2 and 9) counts too
+    assert lexical_prior(ids, is_document, is_query, informative, 2.0)[0, 9] < prior[0, 9] - 2.9
+
+
+def test_span_scores_add_the_lexical_prior_saved_with_the_model(tmp_path):
+    from scaledown.modeling_scaledown import _isin
+
+    model = span_model().eval()
+    prior = model.lexical_prior
+    assert model.config.span_lexical_weight == 1.0 and prior is not None
+    tokenizer = model.compressor_tokenizer
+    assert not prior.informative[
+        model.config.compressor_memory_token_ids + [model.config.document_separator_token_id]
+    ].any()
+    words = {tokenizer.decode([i]).strip(): bool(prior.informative[i]) for i in range(len(tokenizer))}
+    assert not any(flag for word, flag in words.items() if len(word) < 4) and any(words.values())
+    with torch.no_grad():
+        model.slot_selector.score.weight.normal_()
+    from scaledown.processing_scaledown import build_compressor_inputs
+
+    inputs = build_compressor_inputs(tokenizer, model.config, ["Who wrote Hamlet?"], [[ROWS[0]["documents"][0]]])
+    ids = inputs["compressor_input_ids"]
+    with torch.no_grad():
+        hidden = model.compressor(input_ids=ids, use_cache=False).last_hidden_state
+        scores, is_document = model.score_slots(hidden, ids)
+        is_memory = _isin(ids, torch.tensor(model.config.compressor_memory_token_ids))
+        readable = is_memory.long().cumsum(1) == 0
+        alone = model.slot_selector(hidden, readable).masked_fill(~is_document, float("-inf"))
+    expected = alone.log_softmax(-1) + lexical_prior(
+        ids, is_document, readable & ~is_document, prior.informative, 12.0
+    )
+    torch.testing.assert_close(scores, expected)
+    model.save_pretrained(tmp_path)
+    loaded = ScaleDownForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.lexical_prior.informative, prior.informative)
+    assert loaded.config.span_lexical_weight == 1.0 and loaded.config.span_lexical_width == 12.0
+    # off: no prior; a configuration saved before the option (no key) loads without it
+    assert span_model(span_lexical_weight=0.0).lexical_prior is None
+    saved = model.config.to_dict()
+    del saved["span_lexical_weight"]
+    assert ScaleDownConfig.from_dict(saved).span_lexical_weight == 0.0
+    for bad in ({"span_lexical_weight": -1.0}, {"span_lexical_width": 0.0}, {"span_lexical_weight": True}):
+        with pytest.raises(ValueError, match="span_lexical"):
+            ScaleDownConfig(memory_slots="span", **bad)
+
+
+def test_span_window_loss_is_the_answer_windows_negative_log_probability():
+    inf = float("-inf")
+    # row 0: 5 document tokens after 1 query token; row 1: a 1-token document (its one window); row 2: no answer
+    scores = torch.tensor([[inf, 0.0, 1.0, 2.0, 0.5, -1.0, inf], [inf, inf, 0.3, inf, inf, inf, inf], [0.0] * 7])
+    mask = torch.zeros(3, 7)
+    mask[0, 4], mask[1, 2] = 1.0, 1.0
+    # brute force, row 0, windows of 2: starts 1..4 (those that fit), masses from the softmax over the document
+    p = scores[0, 1:6].softmax(-1).tolist()
+    masses = [p[i] + p[i + 1] for i in range(4)]
+    row0 = -math.log((masses[2] + masses[3]) / sum(masses))  # windows starting at 3 and 4 hold token 4
+    assert span_window_loss(scores, mask, 2).item() == pytest.approx((row0 + 0.0) / 2, rel=1e-5)
+    # the window loss asks for a window that holds the answer, not for mass on the answer's tokens: all mass on the
+    # token before the answer puts half of the window mass on the window that holds both
+    near = torch.tensor([[inf, 0.0, 9.0, 0.0, 0.0, 0.0, inf]])
+    answer = torch.zeros(1, 7)
+    answer[0, 3] = 1.0
+    assert span_window_loss(near, answer, 2).item() == pytest.approx(math.log(2), abs=1e-2)
+    assert slot_selection_loss(near, answer).item() > 8
+    assert span_window_loss(scores, torch.zeros_like(mask), 2).item() == 0.0
+    leaf = scores.clone().requires_grad_(True)
+    span_window_loss(leaf, mask, 2).backward()
+    assert torch.isfinite(leaf.grad).all() and leaf.grad[0, 1:6].abs().sum() > 0
+    assert (leaf.grad[0, [0, 6]] == 0).all() and (leaf.grad[2] == 0).all()
+    with pytest.raises(ValueError, match="differ"):
+        span_window_loss(scores, mask[:, :3], 2)
+    with pytest.raises(ValueError, match="window_size"):
+        span_window_loss(scores, mask, 0)
 
 
 def test_slot_selection_loss_is_the_answers_negative_log_probability():
@@ -177,7 +266,7 @@ def test_trainer_trains_the_selector_even_with_the_compressor_frozen(tmp_path):
 
 def test_train_slot_selector_learns_where_the_answers_are():
     torch.manual_seed(0)
-    model = span_model()
+    model = span_model(span_lexical_weight=0.0)  # the selector alone
     assert len(selector_pairs(ROWS)) == 2  # the row without its answer in a document is left out
     # Answers always sit right after "capital of": a pattern the selector can learn from the query and document.
     cities = ["Paris", "Berlin", "Rome", "Madrid", "Lisbon", "Vienna", "Oslo", "Prague"]

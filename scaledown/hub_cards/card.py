@@ -34,7 +34,8 @@ _SLOTS = {
     "tokens": "hidden states at appended memory tokens (OSCAR)",
     "chunk_mean": "mean hidden state of each document chunk",
     "chunk_attention": "learned-attention pooling of each document chunk",
-    "span": "hidden states of the document tokens a learned selector picks (consecutive, most answer-like)",
+    "span": "hidden states of the document tokens a learned selector picks (consecutive, most answer-like; a lexical "
+    "prior near the query's words when `span_lexical_weight` > 0)",
 }
 
 

@@ -114,7 +114,7 @@ class ScaleDownArgumentsMixin:
         metadata={
             "help": 'Span slots (`memory_slots="span"`): epochs of the span selector\'s fit on the answer spans of '
             "the training questions (`gold_answers`), the compressor fixed, before training starts (see "
-            "`scaledown.training.selection.train_slot_selector`). Default: 16 for a model built from a generator, 0 "
+            "`scaledown.training.selection.train_slot_selector`). Default: 4 for a model built from a generator, 0 "
             "(keep its selector) for a loaded ScaleDown model or a resumed run."
         },
     )

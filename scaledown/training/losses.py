@@ -127,6 +127,41 @@ def slot_selection_loss(slot_scores: torch.Tensor, answer_mask: torch.Tensor) ->
     return losses.sum() / has_answer.sum().clamp(min=1)
 
 
+def span_window_loss(slot_scores: torch.Tensor, answer_mask: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Negative log-probability that the span selector's chosen window holds an answer token: the objective of the
+    hard choice itself, where [`slot_selection_loss`] asks for mass on every answer token. A window is
+    `window_size` consecutive document tokens that fit in the document (a document shorter than that: its first
+    token's window), as `memory_slots="span"` chooses them; its log-probability is the log of its softmax mass,
+    normalised over the row's windows, so `logsumexp(windows) - logsumexp(windows holding an answer token)`,
+    averaged over the pairs whose document holds an answer. 0 when none does.
+
+    Args:
+        slot_scores (`torch.Tensor` of shape `(num_pairs, length)`): the selector's scores, `-inf` outside the
+            document tokens (see `ScaleDownCompressorOutput.slot_scores`).
+        answer_mask (`torch.Tensor` of shape `(num_pairs, length)`): 1 at the answer's document tokens, else 0.
+        window_size (`int`): tokens per window (`num_memory_tokens // span_windows`).
+    """
+    if slot_scores.shape != answer_mask.shape:
+        raise ValueError(f"Slot scores {tuple(slot_scores.shape)} and answer mask {tuple(answer_mask.shape)} differ.")
+    if window_size < 1:
+        raise ValueError(f"`window_size` must be positive, got {window_size}.")
+    scores = slot_scores.float()
+    is_document = torch.isfinite(scores)
+    # finite outside the document, so that no gradient meets inf - inf; those windows are masked below
+    log_probs = torch.where(is_document, torch.log_softmax(scores, dim=-1), -1e4)
+    windows = F.pad(log_probs, (0, window_size - 1), value=-1e4).unfold(1, window_size, 1)  # (pairs, length, size)
+    log_mass = torch.logsumexp(windows, dim=-1)
+    index = is_document.long().cumsum(1) - 1
+    valid = is_document & ((index + window_size <= is_document.sum(1, keepdim=True)) | (index == 0))
+    answer = F.pad(answer_mask.to(scores.device) > 0, (0, window_size - 1)).unfold(1, window_size, 1).any(-1)
+    answer = answer & valid
+    has_answer = answer.any(dim=1)
+    total = torch.logsumexp(log_mass.masked_fill(~valid, -1e4), dim=1)
+    on_answer = torch.logsumexp(log_mass.masked_fill(~answer, -1e4), dim=1)
+    losses = torch.where(has_answer, total - on_answer, 0.0)
+    return losses.sum() / has_answer.sum().clamp(min=1)
+
+
 def distillation_kl(
     logits: torch.Tensor,
     teacher_logits: torch.Tensor,

@@ -271,7 +271,7 @@ def _fit_span_selector(model, train, model_args: ModelArguments, data_args: Data
 
     epochs = training_args.selector_epochs
     if epochs is None:
-        epochs = 16 if model_args.model_name_or_path is None and not training_args.resume_from_checkpoint else 0
+        epochs = 4 if model_args.model_name_or_path is None and not training_args.resume_from_checkpoint else 0
     if getattr(model, "slot_selector", None) is None or epochs == 0:
         return
     rows = train
