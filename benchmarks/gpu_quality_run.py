@@ -35,7 +35,14 @@ BEGAN = time.monotonic()
 
 # name -> (from_generator keyword arguments, training-argument overrides)
 VARIANTS = {
-    # The CPU's reading recipe: a quarter of the rows auto-encode their top document (README, *Reading the memory*).
+    # The demo's recipe (README, *A lexical prior for the span selector*): span slots whose selector (with the lexical
+    # prior) is fitted on the gold answer spans first, then question answering on gold answers, compressor frozen.
+    "span": (
+        {"memory_injection_layer": 5, "memory_slots": "span"},
+        {"answer_field": "gold_answers", "freeze_compressor": True, "answer_document_first": True},
+    ),
+    # The chunk-pooling recipe of the CPU's R1 runs: a quarter of the rows auto-encode their top document (README,
+    # *Reading the memory*).
     "deep-attention-aemix": (
         {"memory_injection_layer": 5, "memory_slots": "chunk_attention"},
         {"autoencoding_mix": 0.25},
@@ -82,6 +89,7 @@ def parse(argv=None) -> argparse.Namespace:
         "--reserve-seconds", type=float, default=200.0, help="Budget kept after training for evaluation and speed."
     )
     parser.add_argument("--train-documents", type=int, default=5)
+    parser.add_argument("--selector-epochs", type=int, default=4, help="Span selector's fit (span design).")
     parser.add_argument("--learning-rate-generator", type=float, default=5e-4)
     parser.add_argument("--learning-rate-compressor", type=float, default=2e-4)
     parser.add_argument("--eval-questions", type=int, default=1000)
@@ -316,27 +324,32 @@ def worker(options) -> None:
         os.environ["SCALEDOWN_GPU_GENERATOR"], num_compressor_layers=5, **model_kwargs
     )
     train = data["train"]
+    selector = None
+    if model.config.memory_slots == "span":  # fitted before training, as `scaledown demo` and `scaledown train` do
+        from scaledown.training.selection import train_slot_selector
+
+        selector = train_slot_selector(model.to(device), train, epochs=options.selector_epochs, seed=options.seed)
     steps = max(1, math.ceil(len(train) / options.train_batch_size))
-    args = ScaleDownTrainingArguments(
-        output_dir=str(options.work_dir / f"{name}-checkpoints"),
-        max_steps=steps,
-        per_device_train_batch_size=options.train_batch_size,
-        learning_rate_generator=options.learning_rate_generator,
-        learning_rate_compressor=options.learning_rate_compressor,
-        lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
-        num_train_documents=options.train_documents,
-        answer_field="teacher_answer",
-        bf16=device.startswith("cuda"),
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0 if options.dry_run else 3,
-        logging_steps=max(1, steps // 40),
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=options.seed,
-        **training_overrides,
-    )
+    settings = {
+        "output_dir": str(options.work_dir / f"{name}-checkpoints"),
+        "max_steps": steps,
+        "per_device_train_batch_size": options.train_batch_size,
+        "learning_rate_generator": options.learning_rate_generator,
+        "learning_rate_compressor": options.learning_rate_compressor,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.05,
+        "num_train_documents": options.train_documents,
+        "answer_field": "teacher_answer",
+        "bf16": device.startswith("cuda"),
+        "use_cpu": device == "cpu",
+        "dataloader_num_workers": 0 if options.dry_run else 3,
+        "logging_steps": max(1, steps // 40),
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": options.seed,
+    }
+    args = ScaleDownTrainingArguments(**{**settings, **training_overrides})
     trainer = ScaleDownTrainer(
         model=model, args=args, train_dataset=train, callbacks=[TimeLimit(options.worker_seconds)]
     )
@@ -376,6 +389,7 @@ def worker(options) -> None:
         "model": model_kwargs,
         "training": {k: v for k, v in training_overrides.items()},
         "summary": summary,
+        "span_selector": selector,
         "log": [h for h in trainer.state.log_history if "loss" in h],
         "evaluation": evaluation,
     }

@@ -33,6 +33,7 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
         "--tokenizer",
         str(smollm2_folder),
         "--variants",
+        "span",
         "deep-attention-aemix",
         "--label-seconds",
         "3",
@@ -52,14 +53,19 @@ def test_gpu_quality_run_dry_run_reports_every_stage(tmp_path, smollm2_folder):
     stages = report["stages"]
     assert set(stages) == {"prepare", "label", "train_evaluate", "speed"}
     assert stages["label"]["training_questions"] == stages["label"]["labelled"] > 0
-    summary = stages["train_evaluate"]["designs"]["deep-attention-aemix"]["summary"]
-    assert summary["steps"] >= 1
-    assert summary["paired"]["questions"] == 4
-    assert 0.0 <= summary["match_compressed"] <= 1.0
-    # a random tiny generator may gain nothing from raw documents: then there is no share, but both gains are scored
-    assert isinstance(summary["document_gain_compressed"], float)
-    assert isinstance(summary["document_gain_uncompressed"], float)
-    assert (summary["gain_share"] is None) == (summary["document_gain_uncompressed"] <= 0)
+    designs = stages["train_evaluate"]["designs"]
+    for name in ("span", "deep-attention-aemix"):
+        summary = designs[name]["summary"]
+        assert summary["steps"] >= 1
+        assert summary["paired"]["questions"] == 4
+        assert 0.0 <= summary["match_compressed"] <= 1.0
+        # a random tiny generator may gain nothing from raw documents: then there is no share, but both are scored
+        assert isinstance(summary["document_gain_compressed"], float)
+        assert isinstance(summary["document_gain_uncompressed"], float)
+        assert (summary["gain_share"] is None) == (summary["document_gain_uncompressed"] <= 0)
+    # the span design fits its selector on gold answer spans first; the chunk design has none
+    assert designs["span"]["span_selector"]["epochs"] == 4 and designs["span"]["span_selector"]["pairs"] > 0
+    assert designs["deep-attention-aemix"]["span_selector"] is None
     per_batch = stages["speed"]["user_path"]["per_dtype"]["float32"]["1"]
     assert per_batch["compressed_seconds"] > 0 and per_batch["uncompressed_seconds"] > 0
     assert (output / "speed" / "benchmark-user.json").is_file()
