@@ -78,7 +78,7 @@ def main():
     count = config.num_memory_tokens
     began = time.perf_counter()
     if args.cache and os.path.exists(args.cache):
-        cached, evaluation = torch.load(args.cache)
+        cached, evaluation = torch.load(args.cache, weights_only=True)  # tensors, lists, dicts only
     else:
         cached = _compressor_states(model, selector_pairs(load_from_disk(args.data)["train"].to_list()), batch_size=16)
         evaluation = []  # answer-bearing (question, document) states of the independent set, with their question
