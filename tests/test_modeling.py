@@ -700,6 +700,37 @@ def test_merged_adapters_give_the_same_answers_and_save_unmerged(tmp_path, rag_b
     assert (before - _memory_logits(reloaded, rag_batch)).abs().max() <= 1e-4  # adapters counted once
 
 
+def test_merged_adapter_layers_run_their_base_layers_directly(monkeypatch, rag_batch):
+    """While merged, the generator's adapter layers skip peft's forward (its per-call bookkeeping is decoding
+    overhead); deep copies route to their own layers; unmerging or switching the adapters off restores peft's
+    forward."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    calls = []
+    peft_forward = LoraLinear.forward
+    monkeypatch.setattr(LoraLinear, "forward", lambda self, *a, **k: calls.append(1) or peft_forward(self, *a, **k))
+    model = _randomize_lora(make_scaledown("llama"))
+    before = _memory_logits(model, rag_batch)
+    assert calls
+    model.merge_adapters()
+    calls.clear()
+    assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-4
+    assert not calls
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in twin._lora_layers():
+            layer.base_layer.weight.zero_()
+    assert (before - _memory_logits(twin, rag_batch)).abs().max() > 1e-3  # the copy computes with its own weights
+    assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-4
+    with model.generator_adapters_disabled():
+        assert (before - _memory_logits(model, rag_batch)).abs().max() > 1e-3  # adapters really off
+    assert calls
+    calls.clear()
+    model.unmerge_adapters()
+    assert (before - _memory_logits(model, rag_batch)).abs().max() <= 1e-4
+    assert calls
+
+
 def test_generating_in_eval_mode_merges_the_adapters_and_train_mode_unmerges_them(rag_batch):
     model = _randomize_lora(make_scaledown("llama"))
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
