@@ -1,0 +1,66 @@
+"""ScaleDown's decoding step against the plain generator's, same prompt length (306 tokens), interleaved: the demo
+model's `generate_from_compressed` on the benchmark's batch-1 inputs, the base generator's `generate` on 306 random
+tokens, and the same with ScaleDown's reserved tokens suppressed. Per-step time is the 32-token answer minus the
+1-token answer over 31 steps, median of 7. What remains between the first two is ScaleDown's own decoding overhead.
+
+    python benchmarks/probes/decode_step_gap.py [--model outputs/demo/model]
+"""
+
+import argparse
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from scaledown.evaluation.benchmark import benchmark_inputs
+from scaledown.modeling_scaledown import ScaleDownForCausalLM
+from scaledown.offline_weights import smollm2_path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="outputs/demo/model")
+    parser.add_argument("--repetitions", type=int, default=7)
+    args = parser.parse_args()
+    model = ScaleDownForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(str(smollm2_path()), dtype=torch.float32).eval()
+    questions, documents = benchmark_inputs(model.tokenizer, 1, 10, model.config.doc_max_length, 128)
+    compressed = model.compress_for_questions(questions, documents)
+    ids = torch.randint(0, 1000, (1, 306))
+    mask = torch.ones_like(ids)
+    reserved = list(model.generation_config.suppress_tokens or [])
+    systems = {
+        "scaledown": lambda n: model.generate_from_compressed(
+            questions, compressed, max_new_tokens=n, min_new_tokens=n
+        ),
+        "plain": lambda n: plain.generate(
+            ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+        ),
+        "plain+suppress": lambda n: plain.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            suppress_tokens=reserved,
+        ),
+    }
+
+    def seconds(call, tokens):
+        began = time.perf_counter()
+        call(tokens)
+        return time.perf_counter() - began
+
+    for call in systems.values():
+        call(32), call(1)
+    steps = {name: [] for name in systems}
+    for _ in range(args.repetitions):
+        for name, call in systems.items():
+            steps[name].append((seconds(call, 32) - seconds(call, 1)) / 31)
+    for name, values in steps.items():
+        print(f"{name}: {1000 * sorted(values)[len(values) // 2]:.1f} ms per decoding step")
+
+
+if __name__ == "__main__":
+    main()
