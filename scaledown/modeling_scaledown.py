@@ -956,7 +956,9 @@ class ScaleDownForCausalLM(ScaleDownSavingMixin, ScaleDownAdapterMixin, ScaleDow
         elif reuse_query_prefix and not decoder:
             raise ValueError("`reuse_query_prefix` needs a decoder compressor (`n_layers` or `llm`).")
         parts = compressor_parts(tokenizer, self.config, list(questions), documents)
-        limit = max_compressor_length(tokenizer, self.config)
+        # The longest possible row (a suffix alone when the prefix is reused) is a bucket of its own: documents cut at
+        # `doc_max_length`, the usual case, are never padded (at 128 tokens a 32-token bucket would add 17 %).
+        limit = max_compressor_length(tokenizer, self.config, suffix_only=reuse_query_prefix)
 
         def bucket(length: int) -> int:
             return min(-(-length // bucket_size) * bucket_size, limit)

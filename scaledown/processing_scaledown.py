@@ -151,17 +151,14 @@ def compressor_rows(tokenizer, config: ScaleDownConfig, questions: list[str], do
     return [prefix + suffix for prefix, suffixes in parts for suffix in suffixes]
 
 
-def max_compressor_length(tokenizer, config: ScaleDownConfig) -> int:
-    """The longest possible compressor row: the fixed length under which every batch has the same shape."""
+def max_compressor_length(tokenizer, config: ScaleDownConfig, suffix_only: bool = False) -> int:
+    """The longest possible compressor row: the fixed length under which every batch has the same shape. With
+    `suffix_only`, the longest document suffix `[document][<MEM_1>..<MEM_l>]([<RR>])` of [`compressor_parts`]."""
+    suffix = config.doc_max_length + config.num_memory_tokens + config.enable_reranking
+    if suffix_only:
+        return suffix
     start = int(tokenizer.cls_token_id is not None or tokenizer.bos_token_id is not None)
-    return (
-        start
-        + config.query_max_length
-        + 1
-        + config.doc_max_length
-        + config.num_memory_tokens
-        + config.enable_reranking
-    )
+    return start + config.query_max_length + 1 + suffix
 
 
 def pad_compressor_rows(tokenizer, rows: list[list[int]], pad_to_length: int | None = None) -> dict[str, torch.Tensor]:

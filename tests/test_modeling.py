@@ -600,6 +600,28 @@ def test_query_prefix_reuse_gives_the_same_memories(variant, rag_batch):
     assert (alone[0][0] - shared[0][1]).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["prefix-reused", "full-rows"])
+def test_documents_cut_at_the_length_limit_are_not_padded(reuse):
+    """The longest possible row is a bucket of its own: documents cut at `doc_max_length` (the usual case) run
+    through the compressor unpadded, whether the query prefix is reused (suffix rows) or not (full rows)."""
+    model = make_scaledown("llama", doc_max_length=20, enable_reranking=True)  # suffix 20 + 4 + 1 = 25, bucket 32
+    lengths = []
+    spy = model.compressor.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    long_document = " ".join(["word"] * 200)
+    question = " ".join(["query"] * 40)  # cut at query_max_length=16
+    try:
+        model.compress_documents([question], [[long_document, long_document]], reuse_query_prefix=reuse)
+    finally:
+        spy.remove()
+    suffix = 20 + 4 + 1
+    if reuse:  # the query prefix alone, then the documents on top of it
+        assert lengths[1:] == [suffix]
+    else:
+        assert lengths == [modeling.max_compressor_length(model.compressor_tokenizer, model.config)]
+
+
 def test_generation_hands_the_lm_head_contiguous_inputs(rag_batch):
     # generate slices the prefill's last position (a strided view); torch's CPU bf16 matmul copies the head's weight
     # once per row on such inputs (pytorch/pytorch#151934), so both systems make the slice contiguous first.
