@@ -1,7 +1,8 @@
-"""ScaleDown's decoding step against the plain generator's, same prompt length (306 tokens), interleaved: the demo
-model's `generate_from_compressed` on the benchmark's batch-1 inputs, the base generator's `generate` on 306 random
-tokens, and the same with ScaleDown's reserved tokens suppressed. Per-step time is the 32-token answer minus the
-1-token answer over 31 steps, median of 7. What remains between the first two is ScaleDown's own decoding overhead.
+"""ScaleDown's decoding step against the plain generator's on the same prompt, interleaved: the demo model's
+`generate_from_compressed` on the benchmark's batch-1 inputs (a 306-token prompt), the base generator's `generate` on
+that very prompt (its `<MEM>` placeholders replaced by an ordinary token), and the same with ScaleDown's reserved
+tokens suppressed. Per-step time is the 32-token answer minus the 1-token answer over 31 steps, median of 7. What
+remains between the first two is ScaleDown's own decoding overhead.
 
     python benchmarks/probes/decode_step_gap.py [--model outputs/demo/model]
 """
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from scaledown.evaluation.benchmark import benchmark_inputs
 from scaledown.modeling_scaledown import ScaleDownForCausalLM
 from scaledown.offline_weights import smollm2_path
+from scaledown.processing_scaledown import build_generator_inputs, memory_segments
 
 
 def main():
@@ -26,15 +28,22 @@ def main():
     plain = AutoModelForCausalLM.from_pretrained(str(smollm2_path()), dtype=torch.float32).eval()
     questions, documents = benchmark_inputs(model.tokenizer, 1, 10, model.config.doc_max_length, 128)
     compressed = model.compress_for_questions(questions, documents)
-    ids = torch.randint(0, 1000, (1, 306))
-    mask = torch.ones_like(ids)
+    segments = memory_segments(model.config, [memory.shape[0] for memory in compressed])
+    prompt = build_generator_inputs(model.tokenizer, model.config, list(questions), segments)
+    ids, mask = prompt["input_ids"], prompt["attention_mask"]
+    ids = ids.masked_fill(ids >= plain.config.vocab_size, model.tokenizer.convert_tokens_to_ids("the"))
     reserved = list(model.generation_config.suppress_tokens or [])
     systems = {
         "scaledown": lambda n: model.generate_from_compressed(
             questions, compressed, max_new_tokens=n, min_new_tokens=n
         ),
         "plain": lambda n: plain.generate(
-            ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+            ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=model.tokenizer.eos_token_id,
         ),
         "plain+suppress": lambda n: plain.generate(
             ids,
@@ -42,7 +51,7 @@ def main():
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
-            pad_token_id=0,
+            pad_token_id=model.tokenizer.eos_token_id,
             suppress_tokens=reserved,
         ),
     }
