@@ -33,26 +33,14 @@ def main():
     ids, mask = prompt["input_ids"], prompt["attention_mask"]
     ids = ids.masked_fill(ids >= plain.config.vocab_size, model.tokenizer.convert_tokens_to_ids("the"))
     reserved = list(model.generation_config.suppress_tokens or [])
+    options = dict(attention_mask=mask, do_sample=False, pad_token_id=model.tokenizer.eos_token_id)
     systems = {
         "scaledown": lambda n: model.generate_from_compressed(
             questions, compressed, max_new_tokens=n, min_new_tokens=n
         ),
-        "plain": lambda n: plain.generate(
-            ids,
-            attention_mask=mask,
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=model.tokenizer.eos_token_id,
-        ),
+        "plain": lambda n: plain.generate(ids, max_new_tokens=n, min_new_tokens=n, **options),
         "plain+suppress": lambda n: plain.generate(
-            ids,
-            attention_mask=mask,
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=model.tokenizer.eos_token_id,
-            suppress_tokens=reserved,
+            ids, max_new_tokens=n, min_new_tokens=n, suppress_tokens=reserved, **options
         ),
     }
 
