@@ -14,7 +14,9 @@ question set that is *not* the demo's held-out split (e.g. the independent quest
     python benchmarks/answer_match.py --data outputs/demo/data-labelled --model outputs/answer-match/warm-up \
         --eval-data outputs/indep80 --name mix0 --autoencoding-mix 0
 
-Every run is appended with its exact command to `--record` (default `docs/results/answer-match.json`).
+`--save DIR --save-at 150 300` also keeps the model at those steps (`DIR-step150`, ...): with the constant learning
+rate, one longer run gives the shorter runs' models too. Every run is appended with its exact command to `--record`
+(default `docs/results/answer-match.json`).
 """
 
 import argparse
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 from datasets import load_from_disk
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from scaledown import ScaleDownForCausalLM
 from scaledown.evaluation.run import evaluate_model, paired_match
@@ -62,6 +64,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-questions", type=int, default=80)
     parser.add_argument("--baseline-cache", default="outputs/answer-match/baselines.json")
     parser.add_argument("--save", default=None, help="Save the trained model here.")
+    parser.add_argument(
+        "--save-at", type=int, nargs="*", default=(), help="Also save the model at these steps, as SAVE-stepN."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", default="docs/results/answer-match.json")
     return parser.parse_args(argv)
@@ -81,6 +86,18 @@ def arguments(options, folder: str, **phase) -> ScaleDownTrainingArguments:
         warmup_ratio=0.0,
         **phase,
     )
+
+
+class SaveAtSteps(TrainerCallback):
+    """Saves the model at chosen global steps (the learning rate is constant, so step N of a longer run is the
+    model a run of N steps would end with)."""
+
+    def __init__(self, model, folder: str, steps):
+        self.model, self.folder, self.steps = model, folder, set(steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            self.model.save_pretrained(f"{self.folder}-step{state.global_step}")
 
 
 def main(argv=None):
@@ -138,6 +155,10 @@ def main(argv=None):
             kl_weight=options.kl_weight,
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train)
+        if options.save_at:
+            if not options.save:
+                raise SystemExit("--save-at needs --save (the folder prefix)")
+            trainer.add_callback(SaveAtSteps(model, options.save, options.save_at))
         start = time.perf_counter()
         result = trainer.train()
         run["train_seconds"] = round(time.perf_counter() - start, 1)
