@@ -69,7 +69,10 @@ def parse(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", default="docs/results/answer-match.json")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.save_at and not options.save:
+        parser.error("--save-at needs --save (the folder prefix)")  # before minutes of selector fitting
+    return options
 
 
 def arguments(options, folder: str, **phase) -> ScaleDownTrainingArguments:
@@ -156,8 +159,6 @@ def main(argv=None):
         )
         trainer = ScaleDownTrainer(model=model, args=args, train_dataset=train)
         if options.save_at:
-            if not options.save:
-                raise SystemExit("--save-at needs --save (the folder prefix)")
             trainer.add_callback(SaveAtSteps(model, options.save, options.save_at))
         start = time.perf_counter()
         result = trainer.train()
